@@ -79,9 +79,10 @@ build-all:
 	$(MAKE) VARIANT=clang all
 	$(MAKE) VARIANT=asan all
 
+# Unit tests, plain and under ASan+UBSan, with a private PostgreSQL for the postgres store tests.
 unit: build-all
-	build/release/km-unit
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/km-unit
+	scripts/with-pg.sh build/release/km-unit
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 scripts/with-pg.sh build/asan/km-unit
 
 fuzz:
 	@scripts/fuzz.sh

@@ -1,0 +1,842 @@
+/* REST API server (port 5681): Kuma's resource paths, list and error shapes.
+ *
+ * libmicrohttpd parses HTTP/1.1 and runs a small thread pool; this file only routes and
+ * speaks Kuma's JSON. Each request collects its body (bounded by apiServer.maxBodyBytes,
+ * 413 beyond) and is answered once the body is complete. */
+#include <ctype.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <km/common/yamljson.h>
+#include <km/cp/cp.h>
+
+#define API_DEFAULT_PAGE 100
+#define API_MAX_PAGE     1000
+#define API_MAX_SEGMENTS 8
+
+struct api_req {
+    struct km_sbuf body;
+    bool too_large;
+};
+
+struct api_resp {
+    unsigned status;
+    json_t *body; /* owned; NULL = empty body */
+};
+
+/* ---- responses ---- */
+
+static void
+resp_set(struct api_resp *out, unsigned status, json_t *body)
+{
+    out->status = status;
+    json_decref(out->body);
+    out->body = body;
+}
+
+/* Kuma's error shape (AIP-193 style, with the deprecated "details"/"causes" twins). */
+static void
+resp_error(struct api_resp *out, unsigned status, const char *title, const char *detail,
+           const struct km_errs *errs)
+{
+    json_t *e = json_object();
+    json_object_set_new(e, "type", json_string("/std-errors"));
+    json_object_set_new(e, "status", json_integer(status));
+    json_object_set_new(e, "title", json_string(title));
+    json_object_set_new(e, "detail", json_string(detail));
+    if (errs && errs->n) {
+        json_t *ip = json_array(), *causes = json_array();
+        for (size_t i = 0; i < errs->n; i++) {
+            json_array_append_new(ip, json_pack("{s:s, s:s}", "field", errs->v[i].field,
+                                                "reason", errs->v[i].reason));
+            json_array_append_new(causes, json_pack("{s:s, s:s}", "field", errs->v[i].field,
+                                                    "message", errs->v[i].reason));
+        }
+        json_object_set_new(e, "invalid_parameters", ip);
+        json_object_set_new(e, "details", json_string(detail));
+        json_object_set_new(e, "causes", causes);
+    } else {
+        json_object_set_new(e, "details", json_string(detail));
+    }
+    resp_set(out, status, e);
+}
+
+/* Maps a store error to Kuma's answer. <title> is the operation ("Could not retrieve a
+ * resource"). */
+static void
+resp_store_error(struct api_resp *out, int rc, const char *title)
+{
+    switch (rc) {
+    case KM_ENOTFOUND:
+        resp_error(out, 404, title, "Not found", NULL);
+        break;
+    case KM_ECONFLICT:
+        resp_error(out, 409, title, "Resource already exists or was modified concurrently",
+                   NULL);
+        break;
+    case KM_EUNAVAIL:
+        resp_error(out, 503, title,
+                   "Store unavailable: the database cannot be reached, try again later", NULL);
+        break;
+    default:
+        resp_error(out, 500, title, km_strerror(rc), NULL);
+        break;
+    }
+}
+
+/* ---- request context ---- */
+
+struct api_ctx {
+    struct km_cp *cp;
+    struct MHD_Connection *conn;
+    const char *method;
+    char *segs[API_MAX_SEGMENTS]; /* owned path segments */
+    size_t nsegs;
+    const char *body;
+    size_t body_len;
+    struct api_resp *out;
+};
+
+static const char *
+query(const struct api_ctx *c, const char *key)
+{
+    return MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static bool
+split_path(struct api_ctx *c, const char *url)
+{
+    const char *p = url;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        const char *e = strchr(p, '/');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (c->nsegs == API_MAX_SEGMENTS)
+            return false;
+        c->segs[c->nsegs++] = km_xstrndup(p, n);
+        p += n;
+    }
+    return true;
+}
+
+/* Parses the request body as JSON or YAML (kumactl and curl users send either). */
+static json_t *
+parse_body(struct api_ctx *c, char *err, size_t errlen)
+{
+    size_t i = 0;
+    while (i < c->body_len && isspace((unsigned char)c->body[i]))
+        i++;
+    if (i == c->body_len) {
+        snprintf(err, errlen, "request body is empty");
+        return NULL;
+    }
+    if (c->body[i] == '{')
+        return km_json_parse(c->body, c->body_len, err, errlen);
+    return km_yaml_load(c->body, c->body_len, err, errlen);
+}
+
+/* ---- list helpers ---- */
+
+struct list_opts {
+    size_t size;
+    size_t offset;
+    const char *name_filter; /* substring, may be NULL */
+    json_t *label_filters;   /* object key -> value, owned */
+    json_t *tag_filters;     /* object key -> value, owned (dataplanes only) */
+};
+
+struct filter_scan {
+    struct list_opts *o;
+    struct km_errs *errs;
+    const char *path_tmpl;
+};
+
+static enum MHD_Result
+scan_filter_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct filter_scan *fs = cls;
+    if (strncmp(key, "filter[", 7) != 0)
+        return MHD_YES;
+    const char *inner = key + 7;
+    const char *close = strchr(inner, ']');
+    if (!close)
+        return MHD_YES;
+    if (close[1] != '\0') {
+        char *f = km_xasprintf("%s.%s", fs->path_tmpl, key);
+        km_errs_add(fs->errs, f, "advanced filters are not supported");
+        free(f);
+        return MHD_YES;
+    }
+    if (strncmp(inner, "labels.", 7) != 0) {
+        char *f = km_xasprintf("%s.%s", fs->path_tmpl, key);
+        km_errs_add(fs->errs, f, "filters are only supported on labels");
+        free(f);
+        return MHD_YES;
+    }
+    char *lk = km_xstrndup(inner + 7, (size_t)(close - inner - 7));
+    json_object_set_new(fs->o->label_filters, lk, json_string(value ? value : ""));
+    free(lk);
+    return MHD_YES;
+}
+
+static enum MHD_Result
+scan_tag_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct list_opts *o = cls;
+    if (strcmp(key, "tag") != 0 || !value)
+        return MHD_YES;
+    const char *colon = strchr(value, ':');
+    char *k = colon ? km_xstrndup(value, (size_t)(colon - value)) : km_xstrdup(value);
+    json_object_set_new(o->tag_filters, k, json_string(colon ? colon + 1 : ""));
+    free(k);
+    return MHD_YES;
+}
+
+/* Reads size/offset/name/filter/tag; on error answers 400 and returns false. */
+static bool
+parse_list_opts(struct api_ctx *c, struct list_opts *o, const char *path_tmpl)
+{
+    memset(o, 0, sizeof(*o));
+    o->size = API_DEFAULT_PAGE;
+    o->label_filters = json_object();
+    o->tag_filters = json_object();
+    const char *s = query(c, "size");
+    if (s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (!*s || *end || errno || v < 0) {
+            struct km_errs e;
+            km_errs_init(&e);
+            km_errs_add(&e, "size", "invalid format");
+            resp_error(c->out, 400, "Could not retrieve resources", "Invalid page size", &e);
+            km_errs_deinit(&e);
+            return false;
+        }
+        if (v > API_MAX_PAGE) {
+            struct km_errs e;
+            km_errs_init(&e);
+            km_errs_add(&e, "size", "must be less than or equal to %d", API_MAX_PAGE);
+            resp_error(c->out, 400, "Could not retrieve resources", "Invalid page size", &e);
+            km_errs_deinit(&e);
+            return false;
+        }
+        o->size = v == 0 ? API_DEFAULT_PAGE : (size_t)v;
+    }
+    const char *off = query(c, "offset");
+    if (off && *off) {
+        char *end;
+        errno = 0;
+        long v = strtol(off, &end, 10);
+        if (*end || errno || v < 0) {
+            char *d = km_xasprintf("invalid: invalid offset: strconv.Atoi: parsing \"%s\": "
+                                   "invalid syntax",
+                                   off);
+            resp_error(c->out, 400, "Could not retrieve resources", d, NULL);
+            free(d);
+            return false;
+        }
+        o->offset = (size_t)v;
+    }
+    o->name_filter = query(c, "name");
+    struct km_errs errs;
+    km_errs_init(&errs);
+    struct filter_scan fs = {o, &errs, path_tmpl};
+    MHD_get_connection_values(c->conn, MHD_GET_ARGUMENT_KIND, scan_filter_arg, &fs);
+    MHD_get_connection_values(c->conn, MHD_GET_ARGUMENT_KIND, scan_tag_arg, o);
+    if (km_errs_any(&errs)) {
+        resp_error(c->out, 400, "Could not retrieve resources", "Resource is not valid", &errs);
+        km_errs_deinit(&errs);
+        return false;
+    }
+    km_errs_deinit(&errs);
+    return true;
+}
+
+static void
+list_opts_deinit(struct list_opts *o)
+{
+    json_decref(o->label_filters);
+    json_decref(o->tag_filters);
+}
+
+static bool
+labels_match(const struct km_resource *r, const json_t *filters)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)filters, k, v)
+    {
+        json_t *have = r->labels ? json_object_get(r->labels, k) : NULL;
+        if (!json_is_string(have) || strcmp(json_string_value(have), json_string_value(v)) != 0)
+            return false;
+    }
+    return true;
+}
+
+/* A Dataplane matches tag=k:v when one of its inbounds (or its gateway) has the tag. An
+ * empty value matches any value. */
+static bool
+tags_match(const struct km_resource *r, const json_t *filters)
+{
+    if (json_object_size(filters) == 0)
+        return true;
+    json_t *net = json_object_get(r->spec, "networking");
+    json_t *groups = json_array();
+    json_t *inb = json_object_get(net, "inbound");
+    size_t i;
+    json_t *item;
+    json_array_foreach(inb, i, item)
+    {
+        json_array_append(groups, json_object_get(item, "tags"));
+    }
+    json_t *gw = json_object_get(net, "gateway");
+    if (gw)
+        json_array_append(groups, json_object_get(gw, "tags"));
+    const char *k;
+    json_t *want;
+    bool all = true;
+    json_object_foreach((json_t *)filters, k, want)
+    {
+        bool any = false;
+        json_t *tags;
+        json_array_foreach(groups, i, tags)
+        {
+            json_t *have = json_object_get(tags, k);
+            if (json_is_string(have) &&
+                (!json_string_length(want) ||
+                 strcmp(json_string_value(have), json_string_value(want)) == 0))
+                any = true;
+        }
+        if (!any)
+            all = false;
+    }
+    json_decref(groups);
+    return all;
+}
+
+/* Builds the "next" URL for the page after [offset, offset+size). */
+static json_t *
+next_url(struct api_ctx *c, const char *path, size_t offset, size_t size, size_t total)
+{
+    if (offset + size >= total)
+        return json_null();
+    const char *host = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Host");
+    char *u = km_xasprintf("http://%s%s?offset=%zu&size=%zu", host ? host : "localhost", path,
+                           offset + size, size);
+    json_t *j = json_string(u);
+    free(u);
+    return j;
+}
+
+static char *
+request_path(struct api_ctx *c)
+{
+    struct km_sbuf b;
+    km_sbuf_init(&b);
+    for (size_t i = 0; i < c->nsegs; i++) {
+        km_sbuf_puts(&b, "/");
+        km_sbuf_puts(&b, c->segs[i]);
+    }
+    return km_sbuf_take(&b);
+}
+
+typedef json_t *(*encode_fn)(struct api_ctx *c, const struct km_resource *r);
+
+static json_t *
+encode_plain(struct api_ctx *c, const struct km_resource *r)
+{
+    return km_resource_encode(r);
+}
+
+static void
+handle_list(struct api_ctx *c, const struct km_rtype *t, const char *mesh, const char *tmpl,
+            encode_fn enc)
+{
+    struct list_opts o;
+    if (!parse_list_opts(c, &o, tmpl)) {
+        list_opts_deinit(&o);
+        return;
+    }
+    if (mesh && t->scope == KM_SCOPE_MESH) {
+        struct km_resource *m = NULL;
+        int rc = km_store_get(c->cp->store, km_registry_mesh(), "", mesh, &m);
+        km_resource_free(m);
+        if (rc) {
+            resp_store_error(c->out, rc, "Could not retrieve resources");
+            list_opts_deinit(&o);
+            return;
+        }
+    }
+    struct km_resource_list l;
+    km_resource_list_init(&l);
+    int rc = km_store_list(c->cp->store, t, mesh, &l);
+    if (rc) {
+        resp_store_error(c->out, rc, "Could not retrieve resources");
+        goto out;
+    }
+    json_t *items = json_array();
+    size_t total = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        struct km_resource *r = l.items[i];
+        if (o.name_filter && !strstr(r->name, o.name_filter))
+            continue;
+        if (!labels_match(r, o.label_filters) || !tags_match(r, o.tag_filters))
+            continue;
+        if (total >= o.offset && total < o.offset + o.size)
+            json_array_append_new(items, enc(c, r));
+        total++;
+    }
+    char *path = request_path(c);
+    json_t *body = json_object();
+    json_object_set_new(body, "total", json_integer((json_int_t)total));
+    json_object_set_new(body, "items", items);
+    json_object_set_new(body, "next", next_url(c, path, o.offset, o.size, total));
+    free(path);
+    resp_set(c->out, 200, body);
+out:
+    km_resource_list_deinit(&l);
+    list_opts_deinit(&o);
+}
+
+/* ---- single resource ---- */
+
+static void
+handle_get(struct api_ctx *c, const struct km_rtype *t, const char *mesh, const char *name,
+           encode_fn enc)
+{
+    struct km_resource *r = NULL;
+    int rc = km_store_get(c->cp->store, t, mesh, name, &r);
+    if (rc) {
+        resp_store_error(c->out, rc, "Could not retrieve a resource");
+        return;
+    }
+    resp_set(c->out, 200, enc(c, r));
+    km_resource_free(r);
+}
+
+static void
+handle_delete(struct api_ctx *c, const struct km_rtype *t, const char *mesh, const char *name)
+{
+    if (c->cp->cfg->api_server.read_only || t->read_only) {
+        resp_error(c->out, 405, "Could not delete a resource",
+                   "On this control plane the resource is read-only", NULL);
+        return;
+    }
+    int rc = km_store_remove(c->cp->store, t, mesh, name, 0);
+    if (rc) {
+        resp_store_error(c->out, rc, "Could not delete a resource");
+        return;
+    }
+    resp_set(c->out, 200, json_object());
+}
+
+static const char *
+json_str(const json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static void
+handle_put(struct api_ctx *c, const struct km_rtype *t, const char *mesh, const char *name)
+{
+    const char *title = "Could not process a resource";
+    if (c->cp->cfg->api_server.read_only || t->read_only) {
+        resp_error(c->out, 405, title, "On this control plane the resource is read-only", NULL);
+        return;
+    }
+    char perr[256];
+    json_t *doc = parse_body(c, perr, sizeof(perr));
+    if (!doc) {
+        char *d = km_xasprintf("Could not parse the request body: %s", perr);
+        resp_error(c->out, 400, title, d, NULL);
+        free(d);
+        return;
+    }
+    struct km_errs errs;
+    km_errs_init(&errs);
+    struct km_resource *r = km_resource_decode(doc, t, &errs);
+    if (!r) {
+        /* Shape errors (a meta field of the wrong JSON type...) are a plain 400. */
+        if (errs.n && !errs.v[0].field[0] &&
+            strncmp(errs.v[0].reason, KM_DECODE_BAD_REQUEST_PREFIX,
+                    strlen(KM_DECODE_BAD_REQUEST_PREFIX)) == 0) {
+            resp_error(c->out, 400, "Bad Request", errs.v[0].reason, NULL);
+            goto out;
+        }
+        goto invalid;
+    }
+    km_validate_request(r, json_str(doc, "type"), mesh, name, &errs);
+    if (km_errs_any(&errs))
+        goto invalid;
+    km_resource_validate(r, &errs);
+    if (km_errs_any(&errs))
+        goto invalid;
+    /* The URL names the resource; the body may leave the mesh out. */
+    free(r->name);
+    r->name = km_xstrdup(name);
+    free(r->mesh);
+    r->mesh = km_xstrdup(t->scope == KM_SCOPE_MESH ? mesh : "");
+
+    struct km_resource *cur = NULL;
+    int rc = km_store_get(c->cp->store, t, mesh, name, &cur);
+    if (rc == KM_ENOTFOUND) {
+        rc = km_store_create(c->cp->store, r);
+        if (rc == KM_ENOTFOUND) {
+            km_errs_add(&errs, "mesh", "mesh of name %s is not found", mesh);
+            goto invalid;
+        }
+        if (rc) {
+            resp_store_error(c->out, rc, title);
+            goto out;
+        }
+        resp_set(c->out, 201, json_object());
+    } else if (rc == 0) {
+        r->version = cur->version;
+        r->creation_us = cur->creation_us;
+        km_resource_free(cur);
+        rc = km_store_update(c->cp->store, r);
+        if (rc) {
+            resp_store_error(c->out, rc, title);
+            goto out;
+        }
+        resp_set(c->out, 200, json_object());
+    } else {
+        resp_store_error(c->out, rc, title);
+        goto out;
+    }
+    json_t *warn = km_resource_warnings(r);
+    if (warn && json_array_size(warn))
+        json_object_set_new(c->out->body, "warnings", warn);
+    else
+        json_decref(warn);
+    goto out;
+invalid:
+    resp_error(c->out, 400, title, "Resource is not valid", &errs);
+out:
+    km_resource_free(r);
+    km_errs_deinit(&errs);
+    json_decref(doc);
+}
+
+/* ---- overviews ---- */
+
+static json_t *
+encode_dp_overview(struct api_ctx *c, const struct km_resource *r)
+{
+    json_t *full = km_resource_encode(r);
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string("DataplaneOverview"));
+    json_object_set_new(o, "mesh", json_string(r->mesh));
+    json_object_set_new(o, "name", json_string(r->name));
+    json_object_set(o, "creationTime", json_object_get(full, "creationTime"));
+    json_object_set(o, "modificationTime", json_object_get(full, "modificationTime"));
+    if (r->labels && json_object_size(r->labels))
+        json_object_set(o, "labels", r->labels);
+    json_object_set(o, "dataplane", r->spec);
+    json_decref(full);
+    json_t *insight = NULL;
+    const struct km_rtype *it = km_registry_find("DataplaneInsight");
+    struct km_resource *ir = NULL;
+    if (it && km_store_get(c->cp->store, it, r->mesh, r->name, &ir) == 0) {
+        insight = json_deep_copy(ir->spec);
+        km_resource_free(ir);
+    }
+    if (!insight)
+        insight = json_pack("{s:[]}", "subscriptions");
+    json_object_set_new(o, "dataplaneInsight", insight);
+    return o;
+}
+
+/* ---- fixed endpoints ---- */
+
+static void
+handle_index(struct api_ctx *c)
+{
+    json_t *b = json_object();
+    json_object_set_new(b, "hostname", json_string(c->cp->hostname));
+    json_object_set_new(b, "tagline", json_string("Kuma"));
+    json_object_set_new(b, "product", json_string("Kuma"));
+    json_object_set_new(b, "version", json_string(KM_KUMA_VERSION));
+    json_object_set_new(b, "buildVersion", json_string(KM_VERSION));
+    json_object_set_new(b, "instanceId", json_string(c->cp->instance_id));
+    json_object_set_new(b, "clusterId", json_string(c->cp->cluster_id));
+    json_object_set_new(b, "gui", json_string("The gui is available at /gui"));
+    json_object_set_new(b, "basedOnKuma", json_string(KM_KUMA_VERSION));
+    json_object_set_new(b, "implementation", json_string("kuma-c"));
+    resp_set(c->out, 200, b);
+}
+
+/* "MeshTrafficPermission" -> "Mesh Traffic Permission". */
+static char *
+display_singular(const char *name)
+{
+    struct km_sbuf b;
+    km_sbuf_init(&b);
+    for (const char *p = name; *p; p++) {
+        if (p != name && isupper((unsigned char)*p) && !isupper((unsigned char)p[-1]))
+            km_sbuf_add(&b, " ", 1);
+        km_sbuf_add(&b, p, 1);
+    }
+    return km_sbuf_take(&b);
+}
+
+static void
+handle_resources(struct api_ctx *c)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < km_registry_count(); i++) {
+        const struct km_rtype *t = km_registry_at(i);
+        char *single = display_singular(t->name);
+        json_t *d = json_object();
+        json_object_set_new(d, "name", json_string(t->name));
+        json_object_set_new(d, "scope", json_string(t->scope == KM_SCOPE_MESH ? "Mesh" : "Global"));
+        json_object_set_new(d, "readOnly", json_boolean(t->read_only));
+        json_object_set_new(d, "path", json_string(t->plural));
+        json_object_set_new(d, "singularDisplayName", json_string(single));
+        json_object_set_new(d, "pluralDisplayName",
+                            json_string(t->display_plural ? t->display_plural : t->plural));
+        json_object_set_new(d, "includeInFederation", json_true());
+        if (t->short_name)
+            json_object_set_new(d, "shortName", json_string(t->short_name));
+        if (t->kumactl_plural)
+            json_object_set_new(d, "kumactlArg", json_string(t->kumactl_plural));
+        if (t->is_policy)
+            json_object_set_new(d, "policy",
+                                json_pack("{s:b}", "isTargetRef", t->is_targetref_policy));
+        json_array_append_new(arr, d);
+        free(single);
+    }
+    resp_set(c->out, 200, json_pack("{s:o}", "resources", arr));
+}
+
+static bool
+method_is(const struct api_ctx *c, const char *m)
+{
+    return strcmp(c->method, m) == 0;
+}
+
+static void
+method_not_allowed(struct api_ctx *c)
+{
+    char *d = km_xasprintf("method %s is not allowed on this path", c->method);
+    resp_error(c->out, 405, "Method not allowed", d, NULL);
+    free(d);
+}
+
+static void
+not_found_path(struct api_ctx *c)
+{
+    resp_error(c->out, 404, "Not found", "no such API path", NULL);
+}
+
+/* One resource path: GET/PUT/DELETE. */
+static void
+resource_item(struct api_ctx *c, const struct km_rtype *t, const char *mesh, const char *name)
+{
+    if (method_is(c, "GET"))
+        handle_get(c, t, mesh, name, encode_plain);
+    else if (method_is(c, "PUT"))
+        handle_put(c, t, mesh, name);
+    else if (method_is(c, "DELETE"))
+        handle_delete(c, t, mesh, name);
+    else
+        method_not_allowed(c);
+}
+
+static void
+route(struct api_ctx *c)
+{
+    char **s = c->segs;
+    size_t n = c->nsegs;
+    if (n == 0) {
+        method_is(c, "GET") ? handle_index(c) : method_not_allowed(c);
+        return;
+    }
+    if (n == 1 && strcmp(s[0], "_resources") == 0) {
+        method_is(c, "GET") ? handle_resources(c) : method_not_allowed(c);
+        return;
+    }
+    if (strcmp(s[0], "meshes") == 0 && n >= 3) {
+        const char *mesh = s[1];
+        if (strcmp(s[2], "dataplanes+insights") == 0 ||
+            (n >= 4 && strcmp(s[2], "dataplanes") == 0 && strcmp(s[3], "_overview") == 0)) {
+            const struct km_rtype *dp = km_registry_find("Dataplane");
+            size_t name_at = strcmp(s[2], "dataplanes+insights") == 0 ? 3 : 4;
+            if (!method_is(c, "GET"))
+                method_not_allowed(c);
+            else if (n == name_at)
+                handle_list(c, dp, mesh, "/meshes/{mesh}/dataplanes+insights",
+                            encode_dp_overview);
+            else if (n == name_at + 1)
+                handle_get(c, dp, mesh, s[name_at], encode_dp_overview);
+            else
+                not_found_path(c);
+            return;
+        }
+        const struct km_rtype *t = km_registry_by_path(s[2]);
+        if (!t || t->scope != KM_SCOPE_MESH) {
+            not_found_path(c);
+            return;
+        }
+        if (n == 3) {
+            char *tmpl = km_xasprintf("/meshes/{mesh}/%s", s[2]);
+            method_is(c, "GET") ? handle_list(c, t, mesh, tmpl, encode_plain)
+                                : method_not_allowed(c);
+            free(tmpl);
+        } else if (n == 4) {
+            resource_item(c, t, mesh, s[3]);
+        } else {
+            not_found_path(c);
+        }
+        return;
+    }
+    const struct km_rtype *t = km_registry_by_path(s[0]);
+    if (!t) {
+        not_found_path(c);
+        return;
+    }
+    if (n == 1) {
+        /* Global types, or a mesh-scoped type across all meshes. */
+        char *tmpl = km_xasprintf("/%s", s[0]);
+        method_is(c, "GET") ? handle_list(c, t, NULL, tmpl, encode_plain) : method_not_allowed(c);
+        free(tmpl);
+    } else if (n == 2 && t->scope == KM_SCOPE_GLOBAL) {
+        resource_item(c, t, "", s[1]);
+    } else {
+        not_found_path(c);
+    }
+}
+
+/* ---- libmicrohttpd glue ---- */
+
+static enum MHD_Result
+send_resp(struct MHD_Connection *conn, const struct api_resp *r)
+{
+    char *text = r->body ? json_dumps(r->body, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    size_t len = text ? strlen(text) : 0;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE
+                                                                           : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    if (text)
+        MHD_add_response_header(resp, "Content-Type", "application/json");
+    enum MHD_Result ret = MHD_queue_response(conn, r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result
+api_handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+            const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    struct km_cp *cp = cls;
+    struct api_req *req = *con_cls;
+    if (!req) {
+        req = km_xcalloc(1, sizeof(*req));
+        km_sbuf_init(&req->body);
+        *con_cls = req;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (req->body.len + *upload_data_size > (size_t)cp->cfg->api_server.max_body_bytes)
+            req->too_large = true;
+        else
+            km_sbuf_add(&req->body, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    struct api_resp out = {500, NULL};
+    struct api_ctx c = {.cp = cp, .conn = conn, .method = method, .out = &out};
+    if (req->too_large) {
+        char *d = km_xasprintf("request body is larger than %lld bytes",
+                               (long long)cp->cfg->api_server.max_body_bytes);
+        resp_error(&out, 413, "Request too large", d, NULL);
+        free(d);
+    } else if (!split_path(&c, url)) {
+        not_found_path(&c);
+    } else {
+        c.body = req->body.ptr;
+        c.body_len = req->body.len;
+        route(&c);
+    }
+    for (size_t i = 0; i < c.nsegs; i++)
+        free(c.segs[i]);
+    unsigned cls_idx = out.status / 100;
+    if (cls_idx < 6)
+        atomic_fetch_add(&cp->api_requests[cls_idx], 1);
+    km_log_debug("api", "%s %s -> %u", method, url, out.status);
+    enum MHD_Result ret = send_resp(conn, &out);
+    json_decref(out.body);
+    return ret;
+}
+
+static void
+api_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+              enum MHD_RequestTerminationCode toe)
+{
+    struct api_req *req = *con_cls;
+    if (req) {
+        km_sbuf_deinit(&req->body);
+        free(req);
+        *con_cls = NULL;
+    }
+}
+
+int
+km_api_start(struct km_cp *cp, char *err, size_t errlen)
+{
+    cp->api = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        api_handler, cp, MHD_OPTION_LISTEN_SOCKET, cp->api_fd, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)2, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)60, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_NOTIFY_COMPLETED, api_completed, NULL, MHD_OPTION_END);
+    if (!cp->api) {
+        snprintf(err, errlen, "cannot start the API server");
+        return -1;
+    }
+    cp->api_fd = -1; /* owned by the daemon now */
+    if (cp->https_fd >= 0) {
+        cp->api_tls = MHD_start_daemon(
+            MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_USE_TLS, 0,
+            NULL, NULL, api_handler, cp, MHD_OPTION_LISTEN_SOCKET, cp->https_fd,
+            MHD_OPTION_HTTPS_MEM_CERT, cp->tls_cert_pem, MHD_OPTION_HTTPS_MEM_KEY,
+            cp->tls_key_pem, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT,
+            (unsigned)60, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+            MHD_OPTION_NOTIFY_COMPLETED, api_completed, NULL, MHD_OPTION_END);
+        if (!cp->api_tls) {
+            snprintf(err, errlen, "cannot start the HTTPS API server (check the certificate "
+                                  "and key in apiServer.https)");
+            return -1;
+        }
+        cp->https_fd = -1;
+    }
+    atomic_store(&cp->api_listening, true);
+    return 0;
+}
+
+void
+km_api_stop(struct km_cp *cp)
+{
+    if (cp->api) {
+        atomic_store(&cp->api_listening, false);
+        MHD_stop_daemon(cp->api);
+        cp->api = NULL;
+    }
+    if (cp->api_tls) {
+        MHD_stop_daemon(cp->api_tls);
+        cp->api_tls = NULL;
+    }
+}
