@@ -68,6 +68,9 @@ km_cp_pg_config(const struct km_cp_config *cfg, struct km_pg_config *pg)
     pg->tls_mode = cfg->store.postgres.tls.mode;
     pg->max_open_connections = cfg->store.postgres.max_open_connections;
     pg->connection_timeout_s = cfg->store.postgres.connection_timeout_s;
+    pg->tls_ca_path = cfg->store.postgres.tls.ca_path;
+    pg->tls_cert_path = cfg->store.postgres.tls.cert_path;
+    pg->tls_key_path = cfg->store.postgres.tls.key_path;
 }
 
 static void
