@@ -406,11 +406,16 @@ normalise(const struct km_resource *r, json_t *spec)
         set_default(dpp, "connected", json_integer(0));
         set_default(dpp, "healthy", json_integer(0));
         set_default(dpp, "total", json_integer(0));
-    } else if (type_is(r, "MeshMultiZoneService") || type_is(r, "MeshTrust")) {
+    } else if (type_is(r, "MeshMultiZoneService") || type_is(r, "MeshTrust") ||
+               type_is(r, "MeshIdentity") || type_is(r, "MeshOpenTelemetryBackend") ||
+               type_is(r, "MeshMetric") || type_is(r, "MeshTrace")) {
+        /* Types with a status struct: Kuma always shows it, empty at least. */
         if (!status)
             status = json_object();
     } else if (type_is(r, "MeshAccessLog")) {
         mal_format_defaults(spec);
+        if (!status)
+            status = json_object();
     }
     return status;
 }

@@ -447,10 +447,6 @@ validate_label_key(struct km_errs *e, const char *path, const char *k)
 void
 km_validate_labels(const json_t *labels, struct km_errs *errs)
 {
-    const char **keys;
-    size_t n, i = 0;
-    const char *k;
-    json_t *v;
     const char *origin;
 
     if (!json_is_object(labels) || json_object_size(labels) == 0)
@@ -458,6 +454,19 @@ km_validate_labels(const json_t *labels, struct km_errs *errs)
     origin = km_jstr(labels, "kuma.io/origin");
     if (origin && strcmp(origin, "global") != 0 && strcmp(origin, "zone") != 0)
         km_errs_add(errs, "labels[\"kuma.io/origin\"]", "unknown resource origin \"%s\"", origin);
+    km_validate_label_entries(labels, errs);
+}
+
+void
+km_validate_label_entries(const json_t *labels, struct km_errs *errs)
+{
+    const char **keys;
+    size_t n, i = 0;
+    const char *k;
+    json_t *v;
+
+    if (!json_is_object(labels) || json_object_size(labels) == 0)
+        return;
     n = json_object_size(labels);
     keys = km_xcalloc(n, sizeof(*keys));
     json_object_foreach ((json_t *)labels, k, v)

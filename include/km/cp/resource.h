@@ -113,6 +113,8 @@ json_t *km_resource_warnings(const struct km_resource *r);
 /* Labels rules (Kubernetes qualified names and label values), appended under
  * labels["key"]. */
 void km_validate_labels(const json_t *labels, struct km_errs *errs);
+/* The key and value syntax part of km_validate_labels alone (no kuma.io/origin check). */
+void km_validate_label_entries(const json_t *labels, struct km_errs *errs);
 
 /* Checks of a REST PUT before the resource is stored, in Kuma's order: name and type and mesh
  * against the URL, labels, then name and mesh characters (Kuma's validateResourceRequest).
