@@ -7,7 +7,7 @@
 
 VARIANT ?= release
 B       := build/$(VARIANT)
-PKGS    := jansson yaml-0.1 libpq libcurl libmicrohttpd openssl
+PKGS    := jansson yaml-0.1 libpq libcurl libmicrohttpd openssl libnghttp2 libprotobuf-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -30,25 +30,58 @@ CC      := clang
 OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,fuzzer-no-link
 endif
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude $(PKG_CFLAGS) -DKM_VERSION='"$(VERSION)"' -MMD -MP
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude -Ibuild/gen $(PKG_CFLAGS) -DKM_VERSION='"$(VERSION)"' -MMD -MP
 LDFLAGS := $(filter -fsanitize=%,$(OPT))
 LIBS    := $(PKG_LIBS) -lpthread -lm
 
+# Protobuf: our own subset .proto files (proto/**, Envoy's package and message names and field
+# numbers) plus the well-known types from /usr/include, compiled by protoc-c into build/gen/
+# (shared by all variants). Include as "envoy/config/listener/v3/listener.pb-c.h".
+GEN       := build/gen
+PROTO_SYS := /usr/include
+PROTO_SRC := $(sort $(shell find proto -name '*.proto' 2>/dev/null))
+PROTO_WKT := google/protobuf/any.proto google/protobuf/duration.proto google/protobuf/struct.proto \
+             google/protobuf/wrappers.proto google/protobuf/empty.proto
+PROTO_REL := $(PROTO_SRC:proto/%=%) $(PROTO_WKT)
+PB_C      := $(PROTO_REL:%.proto=$(GEN)/%.pb-c.c)
+PB_H      := $(PROTO_REL:%.proto=$(GEN)/%.pb-c.h)
+PB_OBJ    := $(PROTO_REL:%.proto=$(B)/gen/%.pb-c.o) $(B)/gen/km_pb_registry.o
+# Extra flags for generated code only (protoc-c 1.4 output is clean with WARN today).
+GEN_CFLAGS :=
+
 LIB_SRC  := $(wildcard src/common/*.c src/cp/*.c src/ctl/*.c)
-LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o) $(PB_OBJ)
 BINS     := $(B)/kuma-cp $(B)/kuma-dp $(B)/kumactl
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(B)/%.o)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PYTEST   := /usr/bin/python3 -m pytest
 
-.PHONY: fuzzers all run check deps deps-test unit unit-asan build-all fuzz e2e conformance bench clean
-all: $(BINS) $(B)/km-unit
+.PHONY: xds-decode-check fuzzers all run check deps deps-test unit unit-asan build-all fuzz e2e conformance bench clean
+all: $(BINS) $(B)/km-unit $(B)/grpc_echo_server
 
-$(B)/%.o: %.c
+$(B)/%.o: %.c | $(GEN)/.stamp
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+# protoc-c writes into a private directory, then each file is renamed into place, so a build of
+# another variant running at the same time never sees a half-written header.
+$(GEN)/.stamp: $(PROTO_SRC) scripts/pb-registry.sh
+	@echo "  PROTOC  $(GEN)"
+	@t=$(GEN).tmp.$$$$; rm -rf $$t && mkdir -p $$t && \
+	  protoc-c --c_out=$$t -Iproto -I$(PROTO_SYS) $(PROTO_REL) && \
+	  (cd $$t && find . -name '*.pb-c.[ch]') | while read -r f; do \
+	    mkdir -p $(GEN)/$${f%/*} && mv -f $$t/$$f $(GEN)/$$f; done; \
+	  rm -rf $$t; \
+	  scripts/pb-registry.sh $(GEN) > $(GEN)/km_pb_registry.c.tmp.$$$$ && \
+	  mv -f $(GEN)/km_pb_registry.c.tmp.$$$$ $(GEN)/km_pb_registry.c && touch $@
+$(PB_C) $(PB_H) $(GEN)/km_pb_registry.c: $(GEN)/.stamp ;
+
+$(B)/gen/%.o: $(GEN)/%.c | $(GEN)/.stamp
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) $(CFLAGS) $(GEN_CFLAGS) -c $< -o $@
 
 $(B)/libkm.a: $(LIB_OBJ)
 	@rm -f $@
@@ -64,6 +97,18 @@ $(B)/km-unit: $(UNIT_OBJ) $(B)/libkm.a
 $(B)/fuzz_%: $(B)/tests/fuzz/fuzz_%.o $(B)/libkm.a
 	$(CC) $(filter-out -fsanitize=%,$(LDFLAGS)) -fsanitize=address,undefined,fuzzer -o $@ $^ $(LIBS)
 fuzzers: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/%)
+
+# Writes one sample of every protobuf message we define; tests/xds/decode_check.js decodes them
+# with Envoy's real definitions (npm @grpc/grpc-js-xds) and fails on unknown or mistyped fields.
+$(B)/xds-emit-samples: $(B)/tests/xds/emit_samples.o $(B)/libkm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+xds-decode-check:
+	$(MAKE) VARIANT=release build/release/xds-emit-samples
+	tests/xds/setup.sh
+	rm -rf build/xds-samples
+	build/release/xds-emit-samples build/xds-samples
+	node tests/xds/decode_check.js build/xds-samples
 
 deps:
 	@scripts/deps.sh build
@@ -95,6 +140,7 @@ conformance: build-all
 
 check: deps-test
 	$(MAKE) unit
+	$(MAKE) xds-decode-check
 	$(MAKE) fuzz
 	$(MAKE) conformance
 	$(MAKE) e2e
@@ -103,8 +149,16 @@ bench: deps-test
 	$(MAKE) VARIANT=release all
 	bench/api.sh
 
+# Test tools: a gRPC echo server on our transport (tests/e2e/test_grpc_interop.py).
+$(B)/grpc_echo_server: $(B)/tests/tools/grpc_echo_server.o $(B)/libkm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# Benchmark tools (bench/*.c), built on demand by bench/*.sh.
+$(B)/xds-load: $(B)/bench/xds_load.o $(B)/libkm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
+-include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/tests/xds/emit_samples.d $(B)/tests/tools/grpc_echo_server.d $(B)/bench/xds_load.d $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
 .SECONDARY:

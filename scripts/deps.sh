@@ -3,9 +3,16 @@
 # Usage: scripts/deps.sh [build|test]   (test also brings PostgreSQL, pytest and load tools)
 set -euo pipefail
 want=(make gcc clang pkg-config libjansson-dev libyaml-dev libpq-dev libcurl4-openssl-dev
-      libmicrohttpd-dev libssl-dev)
+      libmicrohttpd-dev libssl-dev libnghttp2-dev
+      protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = test ]; then
-    want+=(postgresql python3-pytest python3-yaml curl)
+    want+=(postgresql python3-pytest python3-yaml curl python3-grpcio)
+    # node may come from elsewhere (nodesource bundles npm): only install Debian's when absent
+    if ! command -v node >/dev/null; then
+        want+=(nodejs npm)
+    elif ! command -v npm >/dev/null; then
+        want+=(npm)
+    fi
 fi
 missing=()
 for p in "${want[@]}"; do
