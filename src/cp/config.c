@@ -92,6 +92,7 @@ static const char *const modes[] = {"zone", "global", "standalone", NULL};
 static const char *const environments[] = {"universal", "kubernetes", NULL};
 /* Kuma also has "kubernetes"; kuma-c runs Universal only. */
 static const char *const store_types[] = {"memory", "postgres", NULL};
+static const char *const dp_authn_types[] = {"dpToken", "none", NULL};
 static const char *const tls_modes[] = {"disable", "verifyNone", "verifyCa", "verifyFull", NULL};
 
 /* Ports: Kuma accepts 0..65535; 0 would mean "any free port", which nothing here reports
@@ -141,9 +142,17 @@ static const struct cfg_opt cfg_opts[] = {
             api_server.https.tls_key_file, "", 0),
     OPT_BOOL("apiServer.readOnly", "KUMA_API_SERVER_READ_ONLY", api_server.read_only, false),
     OPT_INT("dpServer.port", "KUMA_DP_SERVER_PORT", dp_server.port, PORT_MIN, PORT_MAX, 5678),
+    OPT_INT("dpServer.plaintextPort", "KUMA_DP_SERVER_PLAINTEXT_PORT", dp_server.plaintext_port, 0,
+            PORT_MAX, 0),
+    OPT_STR("dpServer.plaintextInterface", "KUMA_DP_SERVER_PLAINTEXT_INTERFACE",
+            dp_server.plaintext_interface, "127.0.0.1", CFG_F_NONEMPTY),
+    OPT_ENUM("dpServer.authn.dpProxy.type", "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE",
+             dp_server.authn_dp_proxy_type, dp_authn_types, "dpToken"),
     OPT_INT("diagnostics.serverPort", "KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics.server_port,
             PORT_MIN, PORT_MAX, 5680),
     OPT_STR("general.workDir", "KUMA_GENERAL_WORK_DIR", general.work_dir, "", 0),
+    OPT_STR("general.tlsCertFile", "KUMA_GENERAL_TLS_CERT_FILE", general.tls_cert_file, "", 0),
+    OPT_STR("general.tlsKeyFile", "KUMA_GENERAL_TLS_KEY_FILE", general.tls_key_file, "", 0),
     OPT_BOOL("defaults.skipMeshCreation", "KUMA_DEFAULTS_SKIP_MESH_CREATION",
              defaults.skip_mesh_creation, false),
 };
@@ -583,6 +592,11 @@ cfg_check(struct km_cp_config *cfg, const enum cfg_origin *origin, struct km_err
             km_errs_add(errs, CFG_NAME(store.postgres.tls.cert_path),
                         "must be set when store.postgres.tls.keyPath is set");
     }
+    if ((cfg->general.tls_cert_file[0] != '\0') != (cfg->general.tls_key_file[0] != '\0'))
+        km_errs_add(errs,
+                    cfg->general.tls_cert_file[0] ? CFG_NAME(general.tls_key_file)
+                                                  : CFG_NAME(general.tls_cert_file),
+                    "general.tlsCertFile and tlsKeyFile must be set together");
     bool api_cert = cfg->api_server.https.tls_cert_file[0] != '\0';
     bool api_key = cfg->api_server.https.tls_key_file[0] != '\0';
     if (api_cert != api_key)

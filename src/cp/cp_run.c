@@ -7,11 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <km/common/tlsgen.h>
 #include <km/cp/cp.h>
+#include <km/cp/dp_server.h>
 
 int
 km_listen_tcp(const char *iface, int port, const char *what, char *err, size_t errlen)
@@ -49,7 +51,7 @@ km_listen_tcp(const char *iface, int port, const char *what, char *err, size_t e
         close(fd);
         return -1;
     }
-    if (listen(fd, 1024) == -1) {
+    if (listen(fd, 4096) == -1) {
         snprintf(err, errlen, "%s: listen on %s:%d: %s", what, iface, port, strerror(errno));
         close(fd);
         return -1;
@@ -80,7 +82,10 @@ on_store_event(void *ctx, enum km_store_event_kind kind, const char *type, const
     static const char *const names[] = {"create", "update", "delete"};
     struct km_cp *cp = ctx;
     atomic_fetch_add(&cp->events[kind], 1);
-    km_log_info("store", "store event: %s %s %s/%s", names[kind], type, mesh ? mesh : "", name);
+    if (strcmp(type, "DataplaneInsight") != 0)
+        km_log_info("store", "store event: %s %s %s/%s", names[kind], type, mesh ? mesh : "",
+                    name);
+    km_dp_server_notify(cp->dp, kind, type, mesh, name);
 }
 
 static void
@@ -174,6 +179,13 @@ km_cp_run(struct km_cp_config *cfg)
     int ret = 1;
     char err[512];
 
+    /* One descriptor per connected proxy: use all the descriptors the system allows. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -197,6 +209,10 @@ km_cp_run(struct km_cp_config *cfg)
             goto fail;
     }
 
+    cp.dp = km_dp_server_new(&cp, err, sizeof(err));
+    if (!cp.dp)
+        goto fail;
+
     cp.store = open_store(cfg);
     if (!cp.store) {
         snprintf(err, sizeof(err), "store \"%s\" could not be opened", cfg->store.type);
@@ -206,7 +222,8 @@ km_cp_run(struct km_cp_config *cfg)
     cp.store->event_ctx = &cp;
     ensure_default_mesh(&cp);
 
-    if (km_diag_start(&cp, err, sizeof(err)) != 0 || km_api_start(&cp, err, sizeof(err)) != 0)
+    if (km_dp_server_start(cp.dp, err, sizeof(err)) != 0 ||
+        km_diag_start(&cp, err, sizeof(err)) != 0 || km_api_start(&cp, err, sizeof(err)) != 0)
         goto fail;
     km_log_info("cp", "kuma-cp %s (Kuma %s compatible) started: API http://%s:%d, diagnostics :%d, "
                       "store %s",
@@ -223,6 +240,8 @@ fail:
 out:
     km_api_stop(&cp);
     km_diag_stop(&cp);
+    km_dp_server_free(cp.dp);
+    cp.dp = NULL;
     if (cp.api_fd >= 0)
         close(cp.api_fd);
     if (cp.diag_fd >= 0)

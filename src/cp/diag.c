@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <km/cp/cp.h>
+#include <km/cp/dp_server.h>
 
 static const char *const op_names[KM_STORE_OP_COUNT_] = {"create", "update", "delete", "get",
                                                          "list"};
@@ -47,6 +48,9 @@ render_metrics(struct km_cp *cp)
     for (int i = 1; i < 6; i++)
         km_sbuf_printf(&b, "kuma_api_requests_total{code=\"%dxx\"} %llu\n", i,
                        (unsigned long long)atomic_load(&cp->api_requests[i]));
+    km_sbuf_printf(&b, "# HELP kuma_xds_streams Connected ADS streams.\n"
+                       "# TYPE kuma_xds_streams gauge\nkuma_xds_streams %zu\n",
+                   km_dp_server_streams(cp->dp));
     km_sbuf_printf(&b, "# HELP process_start_time_seconds Start time of the process.\n"
                        "# TYPE process_start_time_seconds gauge\n"
                        "process_start_time_seconds %lld\n",

@@ -54,6 +54,9 @@ struct km_cp_config {
 
     struct {
         int port; /* 5678 */
+        int plaintext_port;         /* dpServer.plaintextPort, 0 = off (not a Kuma key) */
+        char *plaintext_interface;  /* dpServer.plaintextInterface, "127.0.0.1" */
+        char *authn_dp_proxy_type;  /* dpServer.authn.dpProxy.type: "dpToken" | "none" */
     } dp_server;
 
     struct {
@@ -62,6 +65,8 @@ struct km_cp_config {
 
     struct {
         char *work_dir; /* general.workDir, "" = $HOME/.kuma */
+        char *tls_cert_file; /* general.tlsCertFile: DP server certificate, "" = generated */
+        char *tls_key_file;  /* general.tlsKeyFile */
     } general;
 
     struct {

@@ -9,6 +9,7 @@
 #include <km/cp/store.h>
 
 struct MHD_Daemon;
+struct km_dp_server;
 
 struct km_cp {
     struct km_cp_config *cfg; /* borrowed (from main) */
@@ -27,6 +28,7 @@ struct km_cp {
     char *tls_key_pem;       /* owned */
     struct MHD_Daemon *api;  /* owned */
     struct MHD_Daemon *api_tls; /* owned; the HTTPS listener, same handler */
+    struct km_dp_server *dp;    /* owned; DP server (bootstrap + ADS) */
     struct MHD_Daemon *diag; /* owned */
 };
 

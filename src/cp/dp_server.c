@@ -1,0 +1,1419 @@
+/* DP server: POST /bootstrap and Envoy's Aggregated Discovery Service, state of the world and
+ * delta, on one event loop thread.
+ *
+ * Design. Each ADS stream is a `struct xconn`. Store events from any thread are posted to the
+ * loop, which marks meshes dirty and, after a short debounce, regenerates every proxy of those
+ * meshes: km_xds_generate() gives proto3 JSON per resource, the compact JSON text is hashed and
+ * looked up in a cache of packed resources (shared by every proxy that gets the same
+ * resource), and only the types whose content changed are pushed. Per type a stream keeps
+ * what it subscribed to, what was sent (version and nonce) and what the proxy ACKed or NACKed,
+ * as Envoy's protocol defines: a NACK keeps the last good config on the proxy and nothing is
+ * re-sent until the content changes. Proxy state goes to the store as DataplaneInsight. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <km/common/grpc.h>
+#include <km/common/pb.h>
+#include <km/common/pbjson.h>
+#include <km/common/tlsgen.h>
+#include <km/common/yamljson.h>
+#include <km/cp/bootstrap.h>
+#include <km/cp/cp.h>
+#include <km/cp/dp_server.h>
+#include <km/cp/xds_gen.h>
+#include <km/cp/xds_types.h>
+
+#include "envoy/service/discovery/v3/discovery.pb-c.h"
+
+#define ADS_SOTW  "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+#define ADS_DELTA "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+#define REGEN_DEBOUNCE_MS  20
+#define INSIGHT_FLUSH_MS   1000
+#define MAX_SUBSCRIPTIONS  5   /* kept in a DataplaneInsight */
+#define MAX_NAMES          10000 /* resource names one stream may subscribe to per type */
+
+typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
+typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
+typedef Envoy__Service__Discovery__V3__DeltaDiscoveryRequest delta_req;
+typedef Envoy__Service__Discovery__V3__DeltaDiscoveryResponse delta_resp;
+
+/* ---- packed resources shared between proxies ---- */
+
+struct xblob {
+    uint64_t hash;      /* of the JSON text and type */
+    unsigned refs;
+    uint8_t *bytes;     /* owned: packed resource */
+    size_t len;
+    struct xblob *next; /* hash chain */
+};
+
+struct xres {
+    char *name;          /* owned */
+    struct xblob *blob;  /* ref */
+};
+
+struct xset {
+    struct xres *v; /* owned, sorted by name */
+    size_t n;
+};
+
+struct dsent {
+    char *name;
+    uint64_t ver;
+};
+
+struct type_state {
+    bool subscribed;
+    bool wildcard;
+    char **names; /* owned: explicit subscriptions */
+    size_t nnames;
+    bool sent_any;
+    uint64_t sent_version;
+    char nonce[24];
+    struct dsent *dsent; /* delta: what the proxy holds */
+    size_t ndsent;
+    uint64_t n_sent, n_ack, n_nack;
+    char *last_nack;     /* owned */
+    char *acked_version; /* owned */
+};
+
+struct xconn {
+    struct xconn *prev, *next;
+    struct km_dp_server *srv;
+    struct km_grpc_stream *stream; /* NULL once closed */
+    bool delta;
+    bool identified;
+    char *mesh, *name; /* owned */
+    struct type_state t[KM_XDS_TYPE_COUNT];
+    struct xset snap[KM_XDS_TYPE_COUNT];
+    uint64_t nonce_seq;
+    char sub_id[40];
+    int64_t connect_us;
+    struct km_timer *insight_timer;
+    bool insight_dirty;
+    uint64_t generation;
+};
+
+struct offline {
+    char *mesh, *name;
+};
+
+/* A consistent copy of what the generator reads for one mesh, cached until the mesh changes,
+ * so that a reconnect storm copies each mesh once, not once per proxy. */
+struct mesh_ctx {
+    char *mesh;
+    struct km_resource *mesh_res;
+    struct km_resource_list dps;
+    const struct km_resource **ptrs;
+    struct km_xds_mesh_index *ix; /* owned; built once per load */
+    bool ok;
+};
+
+struct km_dp_server {
+    struct km_cp *cp;
+    struct km_loop *loop;
+    pthread_t thread;
+    bool started;
+    struct km_grpc_server *grpc;
+    int tls_fd, plain_fd;
+    char *cert_pem, *key_pem;
+    struct xconn *conns;
+    _Atomic size_t nconns;
+    char **dirty;
+    size_t ndirty;
+    struct km_timer *regen_timer;
+    struct xblob *buckets[4096];
+    struct offline *offline;
+    size_t noffline;
+    struct mesh_ctx **meshes; /* owned: cached mesh views, dropped when the mesh changes */
+    size_t nmeshes;
+};
+
+static uint64_t
+fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+#define FNV_INIT 14695981039346656037ULL
+
+static void
+blob_unref(struct km_dp_server *s, struct xblob *b)
+{
+    if (!b || --b->refs)
+        return;
+    struct xblob **pp = &s->buckets[b->hash % KM_ARRAY_LEN(s->buckets)];
+    while (*pp != b)
+        pp = &(*pp)->next;
+    *pp = b->next;
+    free(b->bytes);
+    free(b);
+}
+
+/* Packs <j> as resource type <t>, sharing identical results. NULL when it cannot be packed
+ * (a generator bug: logged). */
+static struct xblob *
+blob_get(struct km_dp_server *s, int t, const char *name, const json_t *j)
+{
+    char *text = json_dumps(j, JSON_COMPACT);
+    uint64_t h = fnv1a(fnv1a(FNV_INIT, &t, sizeof(t)), text, strlen(text));
+    struct xblob **head = &s->buckets[h % KM_ARRAY_LEN(s->buckets)];
+    for (struct xblob *b = *head; b; b = b->next) {
+        if (b->hash == h) {
+            b->refs++;
+            free(text);
+            return b;
+        }
+    }
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    char err[512];
+    if (km_pbjson_encode(km_xds_type_descriptor(t), j, &bytes, &len, err, sizeof(err)) != 0) {
+        km_log_error("xds", "cannot encode %s %s: %s", km_xds_type_short[t], name, err);
+        free(text);
+        return NULL;
+    }
+    free(text);
+    struct xblob *b = km_xcalloc(1, sizeof(*b));
+    b->hash = h;
+    b->refs = 1;
+    b->bytes = bytes;
+    b->len = len;
+    b->next = *head;
+    *head = b;
+    return b;
+}
+
+static void
+xset_free(struct km_dp_server *s, struct xset *x)
+{
+    for (size_t i = 0; i < x->n; i++) {
+        free(x->v[i].name);
+        blob_unref(s, x->v[i].blob);
+    }
+    free(x->v);
+    x->v = NULL;
+    x->n = 0;
+}
+
+static int
+xres_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct xres *)a)->name, ((const struct xres *)b)->name);
+}
+
+static const struct xres *
+xset_find(const struct xset *x, const char *name)
+{
+    struct xres key = {(char *)name, NULL};
+    return x->n ? bsearch(&key, x->v, x->n, sizeof(key), xres_cmp) : NULL;
+}
+
+/* ---- offline set: Dataplanes whose proxy was connected and went away ---- */
+
+static ssize_t
+offline_index(struct km_dp_server *s, const char *mesh, const char *name)
+{
+    for (size_t i = 0; i < s->noffline; i++)
+        if (strcmp(s->offline[i].mesh, mesh) == 0 && strcmp(s->offline[i].name, name) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+static void
+offline_set(struct km_dp_server *s, const char *mesh, const char *name, bool off)
+{
+    ssize_t i = offline_index(s, mesh, name);
+    if (off && i < 0) {
+        s->offline = km_xrealloc(s->offline, (s->noffline + 1) * sizeof(*s->offline));
+        s->offline[s->noffline].mesh = km_xstrdup(mesh);
+        s->offline[s->noffline].name = km_xstrdup(name);
+        s->noffline++;
+    } else if (!off && i >= 0) {
+        free(s->offline[i].mesh);
+        free(s->offline[i].name);
+        s->offline[i] = s->offline[--s->noffline];
+    }
+}
+
+struct offline_q {
+    struct km_dp_server *s;
+    const char *mesh;
+};
+
+static bool
+is_offline(const char *name, void *ud)
+{
+    struct offline_q *q = ud;
+    return offline_index(q->s, q->mesh, name) >= 0;
+}
+
+/* ---- dirty meshes and regeneration ---- */
+
+static void regen_now(struct km_timer *t, void *arg);
+
+static void mesh_ctx_free(struct mesh_ctx *mc);
+
+static void
+mesh_cache_drop(struct km_dp_server *s, const char *mesh)
+{
+    for (size_t i = 0; i < s->nmeshes; i++) {
+        if (!mesh || strcmp(s->meshes[i]->mesh, mesh) == 0) {
+            mesh_ctx_free(s->meshes[i]);
+            free(s->meshes[i]);
+            s->meshes[i] = s->meshes[--s->nmeshes];
+            if (mesh)
+                return;
+            i--;
+        }
+    }
+}
+
+static void
+mark_dirty(struct km_dp_server *s, const char *mesh)
+{
+    mesh_cache_drop(s, mesh);
+    for (size_t i = 0; i < s->ndirty; i++)
+        if (strcmp(s->dirty[i], mesh) == 0)
+            goto arm;
+    s->dirty = km_xrealloc(s->dirty, (s->ndirty + 1) * sizeof(char *));
+    s->dirty[s->ndirty++] = km_xstrdup(mesh);
+arm:
+    if (!s->regen_timer)
+        s->regen_timer = km_timer_new(s->loop, REGEN_DEBOUNCE_MS, regen_now, s);
+}
+
+static void
+mesh_ctx_load(struct km_dp_server *s, struct mesh_ctx *mc, const char *mesh)
+{
+    memset(mc, 0, sizeof(*mc));
+    mc->mesh = km_xstrdup(mesh);
+    km_resource_list_init(&mc->dps);
+    int rc = km_store_get(s->cp->store, km_registry_mesh(), "", mesh, &mc->mesh_res);
+    if (rc && rc != KM_ENOTFOUND) {
+        km_log_warn("xds", "cannot read mesh %s: %s", mesh, km_strerror(rc));
+        return;
+    }
+    rc = km_store_list(s->cp->store, km_registry_find("Dataplane"), mesh, &mc->dps);
+    if (rc) {
+        km_log_warn("xds", "cannot list dataplanes of mesh %s: %s", mesh, km_strerror(rc));
+        return;
+    }
+    mc->ptrs = km_xcalloc(mc->dps.n + 1, sizeof(*mc->ptrs));
+    for (size_t i = 0; i < mc->dps.n; i++)
+        mc->ptrs[i] = mc->dps.items[i];
+    mc->ok = true;
+}
+
+static void
+mesh_ctx_free(struct mesh_ctx *mc)
+{
+    km_xds_mesh_index_free(mc->ix);
+    free(mc->mesh);
+    km_resource_free(mc->mesh_res);
+    km_resource_list_deinit(&mc->dps);
+    free(mc->ptrs);
+}
+
+/* The cached view of <mesh>, loaded on first use; NULL when the store cannot be read. */
+static const struct mesh_ctx *
+mesh_ctx_get(struct km_dp_server *s, const char *mesh)
+{
+    for (size_t i = 0; i < s->nmeshes; i++)
+        if (strcmp(s->meshes[i]->mesh, mesh) == 0)
+            return s->meshes[i];
+    struct mesh_ctx *mc = km_xcalloc(1, sizeof(*mc));
+    mesh_ctx_load(s, mc, mesh);
+    if (!mc->ok) {
+        mesh_ctx_free(mc);
+        free(mc);
+        return NULL;
+    }
+    struct offline_q q = {s, mc->mesh};
+    struct km_mesh_view view = {.mesh = mc->mesh,
+                                .mesh_res = mc->mesh_res,
+                                .dataplanes = mc->ptrs,
+                                .ndataplanes = mc->dps.n,
+                                .is_offline = is_offline,
+                                .offline_ud = &q};
+    mc->ix = km_xds_mesh_index_new(&view);
+    s->meshes = km_xrealloc(s->meshes, (s->nmeshes + 1) * sizeof(*s->meshes));
+    s->meshes[s->nmeshes++] = mc;
+    return mc;
+}
+
+/* The Dataplane <name>: the store lists a mesh sorted by name, so a binary search. */
+static const struct km_resource *
+mesh_ctx_dp(const struct mesh_ctx *mc, const char *name)
+{
+    size_t lo = 0, hi = mc->dps.n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(mc->dps.items[mid]->name, name);
+        if (c == 0)
+            return mc->dps.items[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static void conn_push_all(struct xconn *c, int force_type);
+
+/* Recomputes the snapshot of <c>; returns true when any type changed. */
+static bool
+conn_regen(struct xconn *c, const struct mesh_ctx *mc)
+{
+    struct km_dp_server *s = c->srv;
+    struct type_state *lds = &c->t[KM_XDS_LISTENER];
+    struct km_xds_proxy_id id = {.mesh = c->mesh,
+                                 .name = c->name,
+                                 .dataplane = mesh_ctx_dp(mc, c->name),
+                                 .requested_listeners = (const char *const *)lds->names,
+                                 .nrequested_listeners = lds->wildcard ? 0 : lds->nnames};
+    struct km_xds_resources out;
+    km_xds_generate_indexed(mc->ix, &id, &out);
+    bool changed = false;
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
+        struct xset nx = {NULL, 0};
+        size_t n = json_object_size(out.by_type[t]);
+        nx.v = km_xcalloc(n + 1, sizeof(*nx.v));
+        const char *name;
+        json_t *res;
+        json_object_foreach(out.by_type[t], name, res)
+        {
+            struct xblob *b = blob_get(s, t, name, res);
+            if (!b)
+                continue;
+            nx.v[nx.n].name = km_xstrdup(name);
+            nx.v[nx.n].blob = b;
+            nx.n++;
+        }
+        qsort(nx.v, nx.n, sizeof(*nx.v), xres_cmp);
+        bool same = nx.n == c->snap[t].n;
+        for (size_t i = 0; same && i < nx.n; i++)
+            same = nx.v[i].blob == c->snap[t].v[i].blob &&
+                   strcmp(nx.v[i].name, c->snap[t].v[i].name) == 0;
+        if (!same)
+            changed = true;
+        xset_free(s, &c->snap[t]);
+        c->snap[t] = nx;
+    }
+    km_xds_resources_deinit(&out);
+    if (changed)
+        c->generation++;
+    return changed;
+}
+
+static void
+regen_now(struct km_timer *t, void *arg)
+{
+    struct km_dp_server *s = arg;
+    km_timer_free(s->regen_timer);
+    s->regen_timer = NULL;
+    char **dirty = s->dirty;
+    size_t ndirty = s->ndirty;
+    s->dirty = NULL;
+    s->ndirty = 0;
+    for (size_t i = 0; i < ndirty; i++) {
+        const struct mesh_ctx *mc = mesh_ctx_get(s, dirty[i]);
+        for (struct xconn *c = s->conns; mc && c; c = c->next)
+            if (c->identified && c->stream && strcmp(c->mesh, dirty[i]) == 0 && conn_regen(c, mc))
+                conn_push_all(c, -1);
+        free(dirty[i]);
+    }
+    free(dirty);
+}
+
+/* ---- insights ---- */
+
+static void
+stat_json(json_t *o, const char *key, const struct type_state *ts)
+{
+    char a[24], b[24], c[24];
+    snprintf(a, sizeof(a), "%" PRIu64, ts->n_sent);
+    snprintf(b, sizeof(b), "%" PRIu64, ts->n_ack);
+    snprintf(c, sizeof(c), "%" PRIu64, ts->n_nack);
+    json_t *j = json_pack("{s:s, s:s, s:s}", "responsesSent", a, "responsesAcknowledged", b,
+                          "responsesRejected", c);
+    if (ts->last_nack)
+        json_object_set_new(j, "lastNackError", json_string(ts->last_nack));
+    json_object_set_new(o, key, j);
+}
+
+static json_t *
+subscription_json(struct xconn *c, int64_t disconnect_us)
+{
+    char t1[40], t2[40];
+    km_time_format(c->connect_us, t1, sizeof(t1));
+    json_t *sub = json_pack("{s:s, s:s, s:s}", "id", c->sub_id, "controlPlaneInstanceId",
+                            c->srv->cp->instance_id, "connectTime", t1);
+    if (disconnect_us) {
+        km_time_format(disconnect_us, t2, sizeof(t2));
+        json_object_set_new(sub, "disconnectTime", json_string(t2));
+    }
+    json_t *status = json_object();
+    km_time_format(km_now_us(), t2, sizeof(t2));
+    json_object_set_new(status, "lastUpdateTime", json_string(t2));
+    struct type_state total = {0};
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
+        total.n_sent += c->t[t].n_sent;
+        total.n_ack += c->t[t].n_ack;
+        total.n_nack += c->t[t].n_nack;
+    }
+    stat_json(status, "total", &total);
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++)
+        if (c->t[t].subscribed)
+            stat_json(status, km_xds_type_short[t], &c->t[t]);
+    json_object_set_new(sub, "status", status);
+    json_object_set_new(sub, "generation", json_integer((json_int_t)c->generation));
+    json_object_set_new(sub, "deltaXds", json_boolean(c->delta));
+    return sub;
+}
+
+/* Writes this stream's subscription into the DataplaneInsight of its proxy. */
+static void
+insight_write(struct xconn *c, int64_t disconnect_us)
+{
+    struct km_dp_server *s = c->srv;
+    const struct km_rtype *it = km_registry_find("DataplaneInsight");
+    if (!it || !c->identified)
+        return;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        struct km_resource *r = NULL;
+        int rc = km_store_get(s->cp->store, it, c->mesh, c->name, &r);
+        bool create = rc == KM_ENOTFOUND;
+        if (rc && !create) {
+            km_log_warn("xds", "cannot read insight of %s.%s: %s", c->mesh, c->name,
+                        km_strerror(rc));
+            return;
+        }
+        if (create)
+            r = km_resource_new(it, c->mesh, c->name);
+        json_t *subs = json_object_get(r->spec, "subscriptions");
+        if (!json_is_array(subs)) {
+            subs = json_array();
+            json_object_set_new(r->spec, "subscriptions", subs);
+        }
+        size_t i;
+        json_t *sub;
+        bool replaced = false;
+        json_array_foreach(subs, i, sub)
+        {
+            const char *id = json_string_value(json_object_get(sub, "id"));
+            if (id && strcmp(id, c->sub_id) == 0) {
+                json_array_set_new(subs, i, subscription_json(c, disconnect_us));
+                replaced = true;
+                break;
+            }
+        }
+        if (!replaced) {
+            json_array_append_new(subs, subscription_json(c, disconnect_us));
+            while (json_array_size(subs) > MAX_SUBSCRIPTIONS)
+                json_array_remove(subs, 0);
+        }
+        rc = create ? km_store_create(s->cp->store, r) : km_store_update(s->cp->store, r);
+        km_resource_free(r);
+        if (rc == 0)
+            return;
+        if (rc != KM_ECONFLICT) {
+            km_log_warn("xds", "cannot write insight of %s.%s: %s", c->mesh, c->name,
+                        km_strerror(rc));
+            return;
+        }
+    }
+}
+
+static void
+insight_flush(struct km_timer *t, void *arg)
+{
+    struct xconn *c = arg;
+    km_timer_free(c->insight_timer);
+    c->insight_timer = NULL;
+    if (c->insight_dirty && c->stream) {
+        c->insight_dirty = false;
+        insight_write(c, 0);
+    }
+}
+
+static void
+insight_touch(struct xconn *c)
+{
+    c->insight_dirty = true;
+    if (!c->insight_timer)
+        c->insight_timer = km_timer_new(c->srv->loop, INSIGHT_FLUSH_MS, insight_flush, c);
+}
+
+/* ---- sending ---- */
+
+static bool
+type_wants(const struct type_state *ts, const char *name)
+{
+    if (ts->wildcard)
+        return true;
+    for (size_t i = 0; i < ts->nnames; i++)
+        if (strcmp(ts->names[i], name) == 0)
+            return true;
+    return false;
+}
+
+static void
+next_nonce(struct xconn *c, struct type_state *ts)
+{
+    snprintf(ts->nonce, sizeof(ts->nonce), "%" PRIu64, ++c->nonce_seq);
+}
+
+static void
+send_packed(struct xconn *c, const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = km_xmalloc(n);
+    protobuf_c_message_pack(m, buf);
+    if (km_grpc_stream_send(c->stream, buf, n) != 0)
+        km_log_warn("xds", "%s.%s: cannot queue a response (write queue full or stream closed)",
+                    c->mesh, c->name);
+    free(buf);
+}
+
+static void
+sotw_push(struct xconn *c, int t, bool force)
+{
+    struct type_state *ts = &c->t[t];
+    if (!ts->subscribed || !c->stream)
+        return;
+    const struct xset *x = &c->snap[t];
+    uint64_t ver = FNV_INIT;
+    size_t n = 0;
+    for (size_t i = 0; i < x->n; i++) {
+        if (!type_wants(ts, x->v[i].name))
+            continue;
+        ver = fnv1a(ver, x->v[i].name, strlen(x->v[i].name) + 1);
+        ver = fnv1a(ver, &x->v[i].blob->hash, sizeof(uint64_t));
+        n++;
+    }
+    if (!force && ts->sent_any && ver == ts->sent_version)
+        return;
+    Google__Protobuf__Any *anys = km_xcalloc(n + 1, sizeof(*anys));
+    Google__Protobuf__Any **ptrs = km_xcalloc(n + 1, sizeof(*ptrs));
+    size_t k = 0;
+    for (size_t i = 0; i < x->n; i++) {
+        if (!type_wants(ts, x->v[i].name))
+            continue;
+        google__protobuf__any__init(&anys[k]);
+        anys[k].type_url = (char *)km_xds_type_urls[t];
+        anys[k].value.data = x->v[i].blob->bytes;
+        anys[k].value.len = x->v[i].blob->len;
+        ptrs[k] = &anys[k];
+        k++;
+    }
+    char version[24];
+    snprintf(version, sizeof(version), "%016" PRIx64, ver);
+    next_nonce(c, ts);
+    disc_resp r = ENVOY__SERVICE__DISCOVERY__V3__DISCOVERY_RESPONSE__INIT;
+    Envoy__Config__Core__V3__ControlPlane cpid =
+        ENVOY__CONFIG__CORE__V3__CONTROL_PLANE__INIT;
+    cpid.identifier = c->srv->cp->instance_id;
+    r.version_info = version;
+    r.n_resources = n;
+    r.resources = ptrs;
+    r.type_url = (char *)km_xds_type_urls[t];
+    r.nonce = ts->nonce;
+    r.control_plane = &cpid;
+    send_packed(c, &r.base);
+    free(anys);
+    free(ptrs);
+    ts->sent_any = true;
+    ts->sent_version = ver;
+    ts->n_sent++;
+    insight_touch(c);
+    km_log_debug("xds", "%s.%s: sent %s version %s (%zu resources) nonce %s", c->mesh, c->name,
+                 km_xds_type_short[t], version, n, ts->nonce);
+}
+
+static struct dsent *
+dsent_find(struct type_state *ts, const char *name)
+{
+    for (size_t i = 0; i < ts->ndsent; i++)
+        if (strcmp(ts->dsent[i].name, name) == 0)
+            return &ts->dsent[i];
+    return NULL;
+}
+
+static void
+dsent_remove(struct type_state *ts, const char *name)
+{
+    struct dsent *d = dsent_find(ts, name);
+    if (!d)
+        return;
+    free(d->name);
+    *d = ts->dsent[--ts->ndsent];
+}
+
+static void
+delta_push(struct xconn *c, int t, bool force)
+{
+    struct type_state *ts = &c->t[t];
+    if (!ts->subscribed || !c->stream)
+        return;
+    const struct xset *x = &c->snap[t];
+    Envoy__Service__Discovery__V3__Resource *res = km_xcalloc(x->n + 1, sizeof(*res));
+    Envoy__Service__Discovery__V3__Resource **rptr = km_xcalloc(x->n + 1, sizeof(*rptr));
+    Google__Protobuf__Any *anys = km_xcalloc(x->n + 1, sizeof(*anys));
+    char (*vers)[20] = km_xcalloc(x->n + 1, sizeof(*vers));
+    size_t n = 0;
+    for (size_t i = 0; i < x->n; i++) {
+        const struct xres *xr = &x->v[i];
+        if (!type_wants(ts, xr->name))
+            continue;
+        struct dsent *d = dsent_find(ts, xr->name);
+        if (d && d->ver == xr->blob->hash)
+            continue;
+        if (d) {
+            d->ver = xr->blob->hash;
+        } else {
+            ts->dsent = km_xrealloc(ts->dsent, (ts->ndsent + 1) * sizeof(*ts->dsent));
+            ts->dsent[ts->ndsent].name = km_xstrdup(xr->name);
+            ts->dsent[ts->ndsent].ver = xr->blob->hash;
+            ts->ndsent++;
+        }
+        envoy__service__discovery__v3__resource__init(&res[n]);
+        google__protobuf__any__init(&anys[n]);
+        anys[n].type_url = (char *)km_xds_type_urls[t];
+        anys[n].value.data = xr->blob->bytes;
+        anys[n].value.len = xr->blob->len;
+        snprintf(vers[n], sizeof(vers[n]), "%016" PRIx64, xr->blob->hash);
+        res[n].name = xr->name;
+        res[n].version = vers[n];
+        res[n].resource = &anys[n];
+        rptr[n] = &res[n];
+        n++;
+    }
+    /* What the proxy holds but the snapshot no longer has. */
+    char **removed = km_xcalloc(ts->ndsent + 1, sizeof(char *));
+    size_t nrem = 0;
+    for (size_t i = 0; i < ts->ndsent;) {
+        if (!xset_find(x, ts->dsent[i].name)) {
+            removed[nrem++] = ts->dsent[i].name; /* ownership moves to removed[] */
+            ts->dsent[i] = ts->dsent[--ts->ndsent];
+        } else {
+            i++;
+        }
+    }
+    if (n || nrem || force) {
+        next_nonce(c, ts);
+        uint64_t sys = FNV_INIT;
+        for (size_t i = 0; i < x->n; i++)
+            sys = fnv1a(sys, &x->v[i].blob->hash, sizeof(uint64_t));
+        char sysver[24];
+        snprintf(sysver, sizeof(sysver), "%016" PRIx64, sys);
+        delta_resp r = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+        r.system_version_info = sysver;
+        r.n_resources = n;
+        r.resources = rptr;
+        r.type_url = (char *)km_xds_type_urls[t];
+        r.nonce = ts->nonce;
+        r.n_removed_resources = nrem;
+        r.removed_resources = removed;
+        send_packed(c, &r.base);
+        ts->sent_any = true;
+        ts->n_sent++;
+        insight_touch(c);
+        km_log_debug("xds", "%s.%s: sent delta %s: %zu updated, %zu removed, nonce %s", c->mesh,
+                     c->name, km_xds_type_short[t], n, nrem, ts->nonce);
+    }
+    for (size_t i = 0; i < nrem; i++)
+        free(removed[i]);
+    free(removed);
+    free(res);
+    free(rptr);
+    free(anys);
+    free(vers);
+}
+
+static void
+conn_push_all(struct xconn *c, int force_type)
+{
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
+        if (c->delta)
+            delta_push(c, t, t == force_type);
+        else
+            sotw_push(c, t, t == force_type);
+    }
+}
+
+/* ---- requests ---- */
+
+static void
+conn_fail(struct xconn *c, int status, const char *fmt, ...) KM_PRINTF(3, 4);
+
+static void
+conn_fail(struct xconn *c, int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    km_log_warn("xds", "closing ADS stream from %s: %s",
+                c->stream ? km_grpc_stream_peer(c->stream) : "?", msg);
+    if (c->stream)
+        km_grpc_stream_finish(c->stream, status, msg);
+}
+
+/* Handles the node of the first request: "<mesh>.<name>". Returns false when the stream was
+ * refused. */
+static bool
+conn_identify(struct xconn *c, const Envoy__Config__Core__V3__Node *node)
+{
+    if (!node || !node->id || !*node->id) {
+        conn_fail(c, KM_GRPC_INVALID_ARGUMENT,
+                  "the first DiscoveryRequest must carry node.id \"<mesh>.<name>\"");
+        return false;
+    }
+    const char *dot = strchr(node->id, '.');
+    if (!dot || dot == node->id || !dot[1]) {
+        conn_fail(c, KM_GRPC_INVALID_ARGUMENT,
+                  "node.id \"%.200s\" is not of the form \"<mesh>.<name>\"", node->id);
+        return false;
+    }
+    char *mesh = km_xstrndup(node->id, (size_t)(dot - node->id));
+    struct km_resource *m = NULL;
+    int rc = km_store_get(c->srv->cp->store, km_registry_mesh(), "", mesh, &m);
+    km_resource_free(m);
+    if (rc) {
+        conn_fail(c, rc == KM_ENOTFOUND ? KM_GRPC_NOT_FOUND : KM_GRPC_UNAVAILABLE,
+                  rc == KM_ENOTFOUND ? "mesh \"%s\" of node.id does not exist"
+                                     : "mesh \"%s\": store unavailable",
+                  mesh);
+        free(mesh);
+        return false;
+    }
+    c->mesh = mesh;
+    c->name = km_xstrdup(dot + 1);
+    c->identified = true;
+    c->connect_us = km_now_us();
+    bool was_offline = offline_index(c->srv, c->mesh, c->name) >= 0;
+    offline_set(c->srv, c->mesh, c->name, false);
+    km_log_info("xds", "%s.%s connected from %s (%s)", c->mesh, c->name,
+                km_grpc_stream_peer(c->stream), c->delta ? "delta" : "state of the world");
+    const struct mesh_ctx *mc = mesh_ctx_get(c->srv, c->mesh);
+    if (mc)
+        conn_regen(c, mc);
+    /* Its endpoints come back for the others. */
+    if (was_offline)
+        mark_dirty(c->srv, c->mesh);
+    insight_write(c, 0);
+    return true;
+}
+
+static bool
+names_equal(char **a, size_t na, char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++) {
+        bool found = false;
+        for (size_t j = 0; j < nb && !found; j++)
+            found = strcmp(a[i], b[j]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+static void
+names_set(struct type_state *ts, char *const *names, size_t n)
+{
+    for (size_t i = 0; i < ts->nnames; i++)
+        free(ts->names[i]);
+    free(ts->names);
+    ts->names = km_xcalloc(n + 1, sizeof(char *));
+    ts->nnames = 0;
+    ts->wildcard = false;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(names[i], "*") == 0)
+            ts->wildcard = true;
+        else
+            ts->names[ts->nnames++] = km_xstrdup(names[i]);
+    }
+}
+
+/* Records an ACK or NACK of the response with <nonce>; returns false for a stale nonce. */
+static bool
+ack_or_nack(struct xconn *c, int t, const char *nonce, const char *version,
+            const Google__Rpc__Status *error)
+{
+    struct type_state *ts = &c->t[t];
+    if (!nonce || !*nonce)
+        return true;
+    if (strcmp(nonce, ts->nonce) != 0)
+        return false; /* answers an older response: superseded */
+    if (error) {
+        ts->n_nack++;
+        free(ts->last_nack);
+        ts->last_nack = km_xstrdup(error->message ? error->message : "(no detail)");
+        km_log_warn("xds", "%s.%s rejected %s (nonce %s): %s", c->mesh, c->name,
+                    km_xds_type_short[t], nonce, ts->last_nack);
+    } else {
+        ts->n_ack++;
+        free(ts->acked_version);
+        ts->acked_version = km_xstrdup(version ? version : "");
+    }
+    insight_touch(c);
+    return true;
+}
+
+static void
+on_sotw_request(struct xconn *c, const disc_req *req)
+{
+    if (!c->identified && !conn_identify(c, req->node))
+        return;
+    int t = km_xds_type_index(req->type_url);
+    if (t < 0) {
+        conn_fail(c, KM_GRPC_INVALID_ARGUMENT, "unknown type_url \"%.200s\"",
+                  req->type_url ? req->type_url : "");
+        return;
+    }
+    if (req->n_resource_names > MAX_NAMES) {
+        conn_fail(c, KM_GRPC_RESOURCE_EXHAUSTED, "more than %d resource names for %s",
+                  MAX_NAMES, km_xds_type_short[t]);
+        return;
+    }
+    struct type_state *ts = &c->t[t];
+    if (!ack_or_nack(c, t, req->response_nonce, req->version_info, req->error_detail))
+        return;
+    bool first = !ts->subscribed;
+    bool wildcard_default = req->n_resource_names == 0 &&
+                            (t == KM_XDS_LISTENER || t == KM_XDS_CLUSTER);
+    bool changed = first || !names_equal(ts->names, ts->nnames, req->resource_names,
+                                         req->n_resource_names);
+    if (!changed)
+        return; /* an ACK or NACK: nothing new to send */
+    ts->subscribed = true;
+    names_set(ts, req->resource_names, req->n_resource_names);
+    if (wildcard_default)
+        ts->wildcard = true;
+    if (t == KM_XDS_LISTENER) {
+        /* Listeners asked by name (proxyless gRPC) change what is generated. */
+        const struct mesh_ctx *mc = mesh_ctx_get(c->srv, c->mesh);
+        if (mc)
+            conn_regen(c, mc);
+        conn_push_all(c, t);
+    } else {
+        sotw_push(c, t, true);
+    }
+}
+
+static void
+on_delta_request(struct xconn *c, const delta_req *req)
+{
+    if (!c->identified && !conn_identify(c, req->node))
+        return;
+    int t = km_xds_type_index(req->type_url);
+    if (t < 0) {
+        conn_fail(c, KM_GRPC_INVALID_ARGUMENT, "unknown type_url \"%.200s\"",
+                  req->type_url ? req->type_url : "");
+        return;
+    }
+    struct type_state *ts = &c->t[t];
+    if (ts->nnames + req->n_resource_names_subscribe > MAX_NAMES) {
+        conn_fail(c, KM_GRPC_RESOURCE_EXHAUSTED, "more than %d resource names for %s",
+                  MAX_NAMES, km_xds_type_short[t]);
+        return;
+    }
+    ack_or_nack(c, t, req->response_nonce, NULL, req->error_detail);
+    bool first = !ts->subscribed;
+    if (first) {
+        ts->subscribed = true;
+        ts->wildcard = req->n_resource_names_subscribe == 0 &&
+                       (t == KM_XDS_LISTENER || t == KM_XDS_CLUSTER);
+        for (size_t i = 0; i < req->n_initial_resource_versions; i++) {
+            const char *name = req->initial_resource_versions[i]->key;
+            const char *ver = req->initial_resource_versions[i]->value;
+            if (!name || !ver || ts->ndsent >= MAX_NAMES)
+                continue;
+            ts->dsent = km_xrealloc(ts->dsent, (ts->ndsent + 1) * sizeof(*ts->dsent));
+            ts->dsent[ts->ndsent].name = km_xstrdup(name);
+            ts->dsent[ts->ndsent].ver = strtoull(ver, NULL, 16);
+            ts->ndsent++;
+        }
+    }
+    bool changed = first;
+    for (size_t i = 0; i < req->n_resource_names_subscribe; i++) {
+        const char *n = req->resource_names_subscribe[i];
+        if (strcmp(n, "*") == 0) {
+            ts->wildcard = true;
+            changed = true;
+            continue;
+        }
+        bool have = false;
+        for (size_t j = 0; j < ts->nnames && !have; j++)
+            have = strcmp(ts->names[j], n) == 0;
+        if (!have) {
+            ts->names = km_xrealloc(ts->names, (ts->nnames + 1) * sizeof(char *));
+            ts->names[ts->nnames++] = km_xstrdup(n);
+            changed = true;
+        }
+    }
+    for (size_t i = 0; i < req->n_resource_names_unsubscribe; i++) {
+        const char *n = req->resource_names_unsubscribe[i];
+        if (strcmp(n, "*") == 0)
+            ts->wildcard = false;
+        for (size_t j = 0; j < ts->nnames; j++) {
+            if (strcmp(ts->names[j], n) == 0) {
+                free(ts->names[j]);
+                ts->names[j] = ts->names[--ts->nnames];
+                break;
+            }
+        }
+        dsent_remove(ts, n);
+        changed = true;
+    }
+    if (!changed)
+        return;
+    if (t == KM_XDS_LISTENER) {
+        const struct mesh_ctx *mc = mesh_ctx_get(c->srv, c->mesh);
+        if (mc)
+            conn_regen(c, mc);
+        conn_push_all(c, first ? t : -1);
+    } else {
+        delta_push(c, t, first);
+    }
+}
+
+/* ---- gRPC glue ---- */
+
+static int
+ads_open(struct km_grpc_stream *st, bool delta, struct km_dp_server *s)
+{
+    struct xconn *c = km_xcalloc(1, sizeof(*c));
+    c->srv = s;
+    c->stream = st;
+    c->delta = delta;
+    char h[40];
+    unsigned char rnd[16];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || read(fd, rnd, sizeof(rnd)) != (ssize_t)sizeof(rnd))
+        memset(rnd, 0, sizeof(rnd));
+    if (fd >= 0)
+        close(fd);
+    for (size_t i = 0; i < 16; i++)
+        snprintf(h + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(c->sub_id, sizeof(c->sub_id), "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16,
+             h + 20);
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    km_grpc_stream_set_data(st, c);
+    return 0;
+}
+
+static int
+ads_open_sotw(struct km_grpc_stream *st, void *ud)
+{
+    return ads_open(st, false, ud);
+}
+
+static int
+ads_open_delta(struct km_grpc_stream *st, void *ud)
+{
+    return ads_open(st, true, ud);
+}
+
+static void
+ads_message(struct km_grpc_stream *st, const uint8_t *msg, size_t len, void *ud)
+{
+    struct xconn *c = km_grpc_stream_get_data(st);
+    char err[256];
+    ProtobufCMessage *m =
+        km_pb_unpack(c->delta ? &envoy__service__discovery__v3__delta_discovery_request__descriptor
+                              : &envoy__service__discovery__v3__discovery_request__descriptor,
+                     msg, len, err, sizeof(err));
+    if (!m) {
+        conn_fail(c, KM_GRPC_INVALID_ARGUMENT, "malformed %s: %s",
+                  c->delta ? "DeltaDiscoveryRequest" : "DiscoveryRequest", err);
+        return;
+    }
+    if (c->delta)
+        on_delta_request(c, (const delta_req *)m);
+    else
+        on_sotw_request(c, (const disc_req *)m);
+    km_pb_free(m);
+}
+
+static void
+ads_close(struct km_grpc_stream *st, void *ud)
+{
+    struct km_dp_server *s = ud;
+    struct xconn *c = km_grpc_stream_get_data(st);
+    if (!c)
+        return;
+    c->stream = NULL;
+    if (c->identified) {
+        km_log_info("xds", "%s.%s disconnected", c->mesh, c->name);
+        insight_write(c, km_now_us());
+        /* Only proxies of registered Dataplanes leave the endpoint lists. */
+        struct km_resource *dp = NULL;
+        if (km_store_get(s->cp->store, km_registry_find("Dataplane"), c->mesh, c->name, &dp) ==
+            0) {
+            bool another = false;
+            for (struct xconn *o = s->conns; o; o = o->next)
+                another |= o != c && o->stream && o->identified &&
+                           strcmp(o->mesh, c->mesh) == 0 && strcmp(o->name, c->name) == 0;
+            if (!another) {
+                offline_set(s, c->mesh, c->name, true);
+                mark_dirty(s, c->mesh);
+            }
+        }
+        km_resource_free(dp);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    km_timer_free(c->insight_timer);
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
+        struct type_state *ts = &c->t[t];
+        for (size_t i = 0; i < ts->nnames; i++)
+            free(ts->names[i]);
+        free(ts->names);
+        for (size_t i = 0; i < ts->ndsent; i++)
+            free(ts->dsent[i].name);
+        free(ts->dsent);
+        free(ts->last_nack);
+        free(ts->acked_version);
+        xset_free(s, &c->snap[t]);
+    }
+    free(c->mesh);
+    free(c->name);
+    free(c);
+}
+
+/* ---- POST /bootstrap ---- */
+
+static void
+http_error(struct km_http_response *resp, int status, const char *title, const char *detail,
+           const struct km_errs *errs)
+{
+    json_t *e = json_pack("{s:s, s:i, s:s, s:s}", "type", "/std-errors", "status", status, "title",
+                          title, "detail", detail);
+    if (errs && errs->n) {
+        json_t *ip = json_array();
+        for (size_t i = 0; i < errs->n; i++)
+            json_array_append_new(ip, json_pack("{s:s, s:s}", "field", errs->v[i].field,
+                                                "reason", errs->v[i].reason));
+        json_object_set_new(e, "invalid_parameters", ip);
+    }
+    resp->status = status;
+    resp->content_type = km_xstrdup("application/json");
+    resp->body = json_dumps(e, JSON_INDENT(1));
+    resp->body_len = strlen(resp->body);
+    json_decref(e);
+}
+
+static void
+handle_bootstrap(const struct km_http_request *req, struct km_http_response *resp, void *ud)
+{
+    struct km_dp_server *s = ud;
+    if (strcmp(req->path, "/bootstrap") != 0) {
+        http_error(resp, 404, "Not found", "the DP server serves POST /bootstrap and ADS", NULL);
+        return;
+    }
+    if (strcmp(req->method, "POST") != 0) {
+        http_error(resp, 405, "Method not allowed", "use POST /bootstrap", NULL);
+        return;
+    }
+    char perr[256];
+    json_t *body = km_json_parse((const char *)req->body, req->body_len, perr, sizeof(perr));
+    if (!body) {
+        char *d = km_xasprintf("the request body is not JSON: %s", perr);
+        http_error(resp, 400, "Bad Request", d, NULL);
+        free(d);
+        return;
+    }
+    struct km_errs errs;
+    km_errs_init(&errs);
+    struct km_bootstrap_request br;
+    if (km_bootstrap_parse(body, &br, &errs) != 0) {
+        http_error(resp, 422, "Invalid bootstrap request", "Resource is not valid", &errs);
+        goto out;
+    }
+    const struct km_cp_config *cfg = s->cp->cfg;
+    if (strcmp(cfg->dp_server.authn_dp_proxy_type, "dpToken") == 0 && (!br.token || !*br.token))
+        km_log_debug("bootstrap", "%s.%s: no dataplane token (tokens are not verified yet)",
+                     br.mesh, br.name);
+    struct km_resource *m = NULL;
+    int rc = km_store_get(s->cp->store, km_registry_mesh(), "", br.mesh, &m);
+    km_resource_free(m);
+    if (rc) {
+        char *d = km_xasprintf("mesh \"%s\": %s", br.mesh, km_strerror(rc));
+        http_error(resp, rc == KM_ENOTFOUND ? 404 : 503, "Could not bootstrap", d, NULL);
+        free(d);
+        goto out;
+    }
+    if (br.dataplane) {
+        /* Universal self-registration: create or replace the Dataplane. */
+        struct km_resource *cur = NULL;
+        rc = km_store_get(s->cp->store, br.dataplane->type, br.mesh, br.name, &cur);
+        if (rc == 0) {
+            br.dataplane->version = cur->version;
+            br.dataplane->creation_us = cur->creation_us;
+            br.dataplane->labels = br.dataplane->labels ? br.dataplane->labels
+                                                        : json_incref(cur->labels);
+            rc = km_store_update(s->cp->store, br.dataplane);
+        } else if (rc == KM_ENOTFOUND) {
+            rc = km_store_create(s->cp->store, br.dataplane);
+        }
+        km_resource_free(cur);
+        if (rc) {
+            http_error(resp, rc == KM_ECONFLICT ? 409 : 503, "Could not register the Dataplane",
+                       km_strerror(rc), NULL);
+            goto out;
+        }
+    }
+    struct km_bootstrap_params p = {.default_host = "127.0.0.1",
+                                    .port = cfg->dp_server.port,
+                                    .ca_pem = s->cert_pem,
+                                    .admin_port = 9901,
+                                    .delta = true};
+    json_t *out = km_bootstrap_build(&br, &p);
+    resp->status = 200;
+    resp->content_type = km_xstrdup("application/json");
+    resp->body = json_dumps(out, JSON_INDENT(1));
+    resp->body_len = strlen(resp->body);
+    json_decref(out);
+out:
+    km_bootstrap_request_deinit(&br);
+    km_errs_deinit(&errs);
+    json_decref(body);
+}
+
+/* ---- lifecycle ---- */
+
+static struct km_grpc_method ads_methods[2];
+
+struct event_msg {
+    struct km_dp_server *s;
+    enum km_store_event_kind kind;
+    char *type, *mesh, *name;
+};
+
+static void
+on_event(void *arg)
+{
+    struct event_msg *e = arg;
+    if (strcmp(e->type, "Mesh") == 0) {
+        mark_dirty(e->s, e->name);
+    } else if (e->mesh && *e->mesh) {
+        mark_dirty(e->s, e->mesh);
+    }
+    free(e->type);
+    free(e->mesh);
+    free(e->name);
+    free(e);
+}
+
+void
+km_dp_server_notify(struct km_dp_server *s, enum km_store_event_kind kind, const char *type,
+                    const char *mesh, const char *name)
+{
+    if (!s || strcmp(type, "DataplaneInsight") == 0 || strcmp(type, "MeshInsight") == 0)
+        return; /* written by us; they change no proxy config */
+    struct event_msg *e = km_xcalloc(1, sizeof(*e));
+    e->s = s;
+    e->kind = kind;
+    e->type = km_xstrdup(type);
+    e->mesh = km_xstrdup(mesh ? mesh : "");
+    e->name = km_xstrdup(name);
+    km_loop_post(s->loop, on_event, e);
+}
+
+size_t
+km_dp_server_streams(struct km_dp_server *s)
+{
+    return s ? s->nconns : 0;
+}
+
+/* The DP server certificate: general.tlsCertFile/tlsKeyFile when set, else one generated at
+ * first start and kept in <workDir>/dp-server.{crt,key} so proxies can pin it. */
+static int
+load_cert(struct km_dp_server *s, char *err, size_t errlen)
+{
+    const struct km_cp_config *cfg = s->cp->cfg;
+    if (cfg->general.tls_cert_file[0]) {
+        s->cert_pem = km_read_file(cfg->general.tls_cert_file, 1 << 20, NULL);
+        s->key_pem = km_read_file(cfg->general.tls_key_file, 1 << 20, NULL);
+        if (!s->cert_pem || !s->key_pem) {
+            snprintf(err, errlen, "general.tlsCertFile/tlsKeyFile: cannot read %s: %s",
+                     s->cert_pem ? cfg->general.tls_key_file : cfg->general.tls_cert_file,
+                     strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    char *dir = cfg->general.work_dir[0] ? km_xstrdup(cfg->general.work_dir)
+                                         : km_xasprintf("%s/.kuma", getenv("HOME") ? getenv("HOME")
+                                                                                   : "/tmp");
+    char *crt = km_xasprintf("%s/dp-server.crt", dir), *key = km_xasprintf("%s/dp-server.key", dir);
+    s->cert_pem = km_read_file(crt, 1 << 20, NULL);
+    s->key_pem = km_read_file(key, 1 << 20, NULL);
+    int rc = 0;
+    if (!s->cert_pem || !s->key_pem) {
+        free(s->cert_pem);
+        free(s->key_pem);
+        s->cert_pem = s->key_pem = NULL;
+        const char *names[] = {"localhost", s->cp->hostname};
+        rc = km_tls_selfsigned(names, 2, 3650, &s->cert_pem, &s->key_pem, err, errlen);
+        if (rc == 0) {
+            mkdir(dir, 0700);
+            FILE *f = fopen(crt, "w");
+            int kfd = open(key, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+            FILE *k = kfd >= 0 ? fdopen(kfd, "w") : NULL;
+            if (f && k && fputs(s->cert_pem, f) >= 0 && fputs(s->key_pem, k) >= 0)
+                km_log_info("dp-server", "generated a TLS certificate for the DP server in %s",
+                            crt);
+            else
+                km_log_warn("dp-server", "cannot store the DP server certificate in %s: %s "
+                                         "(a new one is made at every start)",
+                            dir, strerror(errno));
+            if (f)
+                fclose(f);
+            if (k)
+                fclose(k);
+            else if (kfd >= 0)
+                close(kfd);
+        }
+    }
+    free(dir);
+    free(crt);
+    free(key);
+    return rc;
+}
+
+struct km_dp_server *
+km_dp_server_new(struct km_cp *cp, char *err, size_t errlen)
+{
+    struct km_dp_server *s = km_xcalloc(1, sizeof(*s));
+    s->cp = cp;
+    s->tls_fd = s->plain_fd = -1;
+    km_xds_register_types();
+    const struct km_cp_config *cfg = cp->cfg;
+    s->tls_fd = km_listen_tcp("0.0.0.0", cfg->dp_server.port, "DP server (dpServer.port)", err,
+                              errlen);
+    if (s->tls_fd < 0)
+        goto fail;
+    if (cfg->dp_server.plaintext_port) {
+        s->plain_fd = km_listen_tcp(cfg->dp_server.plaintext_interface,
+                                    cfg->dp_server.plaintext_port,
+                                    "DP server plaintext (dpServer.plaintextPort)", err, errlen);
+        if (s->plain_fd < 0)
+            goto fail;
+    }
+    if (load_cert(s, err, errlen) != 0)
+        goto fail;
+    s->loop = km_loop_new();
+    return s;
+fail:
+    km_dp_server_free(s);
+    return NULL;
+}
+
+static void *
+dp_thread(void *arg)
+{
+    struct km_dp_server *s = arg;
+    km_loop_run(s->loop);
+    return NULL;
+}
+
+int
+km_dp_server_start(struct km_dp_server *s, char *err, size_t errlen)
+{
+    ads_methods[0] = (struct km_grpc_method){.path = ADS_SOTW,
+                                             .on_open = ads_open_sotw,
+                                             .on_message = ads_message,
+                                             .on_close = ads_close,
+                                             .ud = s};
+    ads_methods[1] = (struct km_grpc_method){.path = ADS_DELTA,
+                                             .on_open = ads_open_delta,
+                                             .on_message = ads_message,
+                                             .on_close = ads_close,
+                                             .ud = s};
+    struct km_grpc_server_opts o = {.methods = ads_methods,
+                                    .nmethods = 2,
+                                    .http_handler = handle_bootstrap,
+                                    .http_ud = s};
+    s->grpc = km_grpc_server_new(s->loop, &o);
+    if (km_grpc_server_listen(s->grpc, s->tls_fd, s->cert_pem, s->key_pem, err, errlen) != 0)
+        return -1;
+    s->tls_fd = -1;
+    if (s->plain_fd >= 0) {
+        if (km_grpc_server_listen(s->grpc, s->plain_fd, NULL, NULL, err, errlen) != 0)
+            return -1;
+        s->plain_fd = -1;
+    }
+    if (pthread_create(&s->thread, NULL, dp_thread, s) != 0) {
+        snprintf(err, errlen, "cannot start the DP server thread");
+        return -1;
+    }
+    s->started = true;
+    return 0;
+}
+
+static void
+stop_on_loop(void *arg)
+{
+    struct km_dp_server *s = arg;
+    km_grpc_server_free(s->grpc); /* closes every stream: ads_close runs for each */
+    s->grpc = NULL;
+    km_timer_free(s->regen_timer);
+    s->regen_timer = NULL;
+    km_loop_stop(s->loop);
+}
+
+void
+km_dp_server_free(struct km_dp_server *s)
+{
+    if (!s)
+        return;
+    if (s->started) {
+        km_loop_post(s->loop, stop_on_loop, s);
+        pthread_join(s->thread, NULL);
+    }
+    km_loop_free(s->loop);
+    if (s->tls_fd >= 0)
+        close(s->tls_fd);
+    if (s->plain_fd >= 0)
+        close(s->plain_fd);
+    for (size_t i = 0; i < s->ndirty; i++)
+        free(s->dirty[i]);
+    free(s->dirty);
+    for (size_t i = 0; i < s->noffline; i++) {
+        free(s->offline[i].mesh);
+        free(s->offline[i].name);
+    }
+    free(s->offline);
+    mesh_cache_drop(s, NULL);
+    free(s->meshes);
+    free(s->cert_pem);
+    free(s->key_pem);
+    free(s);
+}
