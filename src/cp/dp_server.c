@@ -44,6 +44,12 @@ typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
 typedef Envoy__Service__Discovery__V3__DeltaDiscoveryRequest delta_req;
 typedef Envoy__Service__Discovery__V3__DeltaDiscoveryResponse delta_resp;
 
+/* A string set kept sorted, for dependencies and dirty lists. */
+struct strset {
+    char **v;
+    size_t n;
+};
+
 /* ---- packed resources shared between proxies ---- */
 
 struct xblob {
@@ -99,10 +105,20 @@ struct xconn {
     struct km_timer *insight_timer;
     bool insight_dirty;
     uint64_t generation;
+    struct strset deps; /* services its config was made from (cluster and listener names) */
 };
 
 struct offline {
     char *mesh, *name;
+};
+
+/* What changed in one mesh: everything, or some services and Dataplanes. Proxies are
+ * regenerated only when they depend on one of them. */
+struct dirty_mesh {
+    char *mesh;
+    bool all;
+    struct strset svcs;  /* kuma.io/service values whose endpoints or protocol may differ */
+    struct strset names; /* Dataplanes that changed themselves */
 };
 
 /* A consistent copy of what the generator reads for one mesh, cached until the mesh changes,
@@ -126,7 +142,7 @@ struct km_dp_server {
     char *cert_pem, *key_pem;
     struct xconn *conns;
     _Atomic size_t nconns;
-    char **dirty;
+    struct dirty_mesh *dirty; /* owned: what changed since the last regeneration */
     size_t ndirty;
     struct km_timer *regen_timer;
     struct xblob *buckets[4096];
@@ -280,18 +296,131 @@ mesh_cache_drop(struct km_dp_server *s, const char *mesh)
     }
 }
 
+static bool
+strset_has(const struct strset *set, const char *x)
+{
+    size_t lo = 0, hi = set->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(set->v[mid], x);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+static void
+strset_add(struct strset *set, const char *x)
+{
+    size_t lo = 0, hi = set->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(set->v[mid], x);
+        if (c == 0)
+            return;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    set->v = km_xrealloc(set->v, (set->n + 1) * sizeof(char *));
+    memmove(&set->v[lo + 1], &set->v[lo], (set->n - lo) * sizeof(char *));
+    set->v[lo] = km_xstrdup(x);
+    set->n++;
+}
+
+static void
+strset_free(struct strset *set)
+{
+    for (size_t i = 0; i < set->n; i++)
+        free(set->v[i]);
+    free(set->v);
+    set->v = NULL;
+    set->n = 0;
+}
+
+static bool
+strset_intersects(const struct strset *a, const struct strset *b)
+{
+    const struct strset *small = a->n < b->n ? a : b, *big = a->n < b->n ? b : a;
+    for (size_t i = 0; i < small->n; i++)
+        if (strset_has(big, small->v[i]))
+            return true;
+    return false;
+}
+
+static struct dirty_mesh *
+dirty_get(struct km_dp_server *s, const char *mesh)
+{
+    mesh_cache_drop(s, mesh);
+    if (!s->regen_timer)
+        s->regen_timer = km_timer_new(s->loop, REGEN_DEBOUNCE_MS, regen_now, s);
+    for (size_t i = 0; i < s->ndirty; i++)
+        if (strcmp(s->dirty[i].mesh, mesh) == 0)
+            return &s->dirty[i];
+    s->dirty = km_xrealloc(s->dirty, (s->ndirty + 1) * sizeof(*s->dirty));
+    struct dirty_mesh *d = &s->dirty[s->ndirty++];
+    memset(d, 0, sizeof(*d));
+    d->mesh = km_xstrdup(mesh);
+    return d;
+}
+
+static void
+dirty_free(struct dirty_mesh *d)
+{
+    free(d->mesh);
+    strset_free(&d->svcs);
+    strset_free(&d->names);
+}
+
+/* Everything in <mesh> may have changed (the Mesh itself, a policy...). */
 static void
 mark_dirty(struct km_dp_server *s, const char *mesh)
 {
-    mesh_cache_drop(s, mesh);
-    for (size_t i = 0; i < s->ndirty; i++)
-        if (strcmp(s->dirty[i], mesh) == 0)
-            goto arm;
-    s->dirty = km_xrealloc(s->dirty, (s->ndirty + 1) * sizeof(char *));
-    s->dirty[s->ndirty++] = km_xstrdup(mesh);
-arm:
-    if (!s->regen_timer)
-        s->regen_timer = km_timer_new(s->loop, REGEN_DEBOUNCE_MS, regen_now, s);
+    dirty_get(s, mesh)->all = true;
+}
+
+static void
+add_inbound_services(struct strset *set, const struct km_resource *dp)
+{
+    json_t *inb = json_object_get(json_object_get(dp->spec, "networking"), "inbound");
+    size_t i;
+    json_t *item;
+    json_array_foreach(inb, i, item)
+    {
+        json_t *svc = json_object_get(json_object_get(item, "tags"), "kuma.io/service");
+        if (json_is_string(svc))
+            strset_add(set, json_string_value(svc));
+    }
+}
+
+static const struct km_resource *mesh_ctx_dp(const struct mesh_ctx *mc, const char *name);
+
+/* Dataplane <name> changed (created, updated, deleted, went offline or came back): the
+ * proxies that use its services, before and after, and its own proxy need new config. */
+static void
+mark_dirty_dp(struct km_dp_server *s, const char *mesh, const char *name)
+{
+    struct strset svcs = {NULL, 0};
+    for (size_t i = 0; i < s->nmeshes; i++)
+        if (strcmp(s->meshes[i]->mesh, mesh) == 0) {
+            const struct km_resource *old = mesh_ctx_dp(s->meshes[i], name);
+            if (old)
+                add_inbound_services(&svcs, old);
+        }
+    struct km_resource *now = NULL;
+    if (km_store_get(s->cp->store, km_registry_find("Dataplane"), mesh, name, &now) == 0)
+        add_inbound_services(&svcs, now);
+    km_resource_free(now);
+    struct dirty_mesh *d = dirty_get(s, mesh);
+    for (size_t i = 0; i < svcs.n; i++)
+        strset_add(&d->svcs, svcs.v[i]);
+    strset_add(&d->names, name);
+    strset_free(&svcs);
 }
 
 static void
@@ -413,6 +542,13 @@ conn_regen(struct xconn *c, const struct mesh_ctx *mc)
         c->snap[t] = nx;
     }
     km_xds_resources_deinit(&out);
+    strset_free(&c->deps);
+    static const int dep_types[] = {KM_XDS_LISTENER, KM_XDS_CLUSTER, KM_XDS_ENDPOINT};
+    for (size_t k = 0; k < KM_ARRAY_LEN(dep_types); k++)
+        for (size_t i = 0; i < c->snap[dep_types[k]].n; i++)
+            strset_add(&c->deps, c->snap[dep_types[k]].v[i].name);
+    for (size_t i = 0; i < lds->nnames; i++)
+        strset_add(&c->deps, lds->names[i]);
     if (changed)
         c->generation++;
     return changed;
@@ -424,16 +560,23 @@ regen_now(struct km_timer *t, void *arg)
     struct km_dp_server *s = arg;
     km_timer_free(s->regen_timer);
     s->regen_timer = NULL;
-    char **dirty = s->dirty;
+    struct dirty_mesh *dirty = s->dirty;
     size_t ndirty = s->ndirty;
     s->dirty = NULL;
     s->ndirty = 0;
     for (size_t i = 0; i < ndirty; i++) {
-        const struct mesh_ctx *mc = mesh_ctx_get(s, dirty[i]);
-        for (struct xconn *c = s->conns; mc && c; c = c->next)
-            if (c->identified && c->stream && strcmp(c->mesh, dirty[i]) == 0 && conn_regen(c, mc))
+        struct dirty_mesh *d = &dirty[i];
+        const struct mesh_ctx *mc = mesh_ctx_get(s, d->mesh);
+        for (struct xconn *c = s->conns; mc && c; c = c->next) {
+            if (!c->identified || !c->stream || strcmp(c->mesh, d->mesh) != 0)
+                continue;
+            if (!d->all && !strset_has(&d->names, c->name) &&
+                !strset_intersects(&d->svcs, &c->deps))
+                continue;
+            if (conn_regen(c, mc))
                 conn_push_all(c, -1);
-        free(dirty[i]);
+        }
+        dirty_free(d);
     }
     free(dirty);
 }
@@ -814,7 +957,7 @@ conn_identify(struct xconn *c, const Envoy__Config__Core__V3__Node *node)
         conn_regen(c, mc);
     /* Its endpoints come back for the others. */
     if (was_offline)
-        mark_dirty(c->srv, c->mesh);
+        mark_dirty_dp(c->srv, c->mesh, c->name);
     insight_write(c, 0);
     return true;
 }
@@ -1077,7 +1220,7 @@ ads_close(struct km_grpc_stream *st, void *ud)
                            strcmp(o->mesh, c->mesh) == 0 && strcmp(o->name, c->name) == 0;
             if (!another) {
                 offline_set(s, c->mesh, c->name, true);
-                mark_dirty(s, c->mesh);
+                mark_dirty_dp(s, c->mesh, c->name);
             }
         }
         km_resource_free(dp);
@@ -1102,6 +1245,7 @@ ads_close(struct km_grpc_stream *st, void *ud)
         free(ts->acked_version);
         xset_free(s, &c->snap[t]);
     }
+    strset_free(&c->deps);
     free(c->mesh);
     free(c->name);
     free(c);
@@ -1220,11 +1364,12 @@ static void
 on_event(void *arg)
 {
     struct event_msg *e = arg;
-    if (strcmp(e->type, "Mesh") == 0) {
+    if (strcmp(e->type, "Mesh") == 0)
         mark_dirty(e->s, e->name);
-    } else if (e->mesh && *e->mesh) {
+    else if (strcmp(e->type, "Dataplane") == 0 && *e->mesh)
+        mark_dirty_dp(e->s, e->mesh, e->name);
+    else if (*e->mesh)
         mark_dirty(e->s, e->mesh);
-    }
     free(e->type);
     free(e->mesh);
     free(e->name);
@@ -1404,7 +1549,7 @@ km_dp_server_free(struct km_dp_server *s)
     if (s->plain_fd >= 0)
         close(s->plain_fd);
     for (size_t i = 0; i < s->ndirty; i++)
-        free(s->dirty[i]);
+        dirty_free(&s->dirty[i]);
     free(s->dirty);
     for (size_t i = 0; i < s->noffline; i++) {
         free(s->offline[i].mesh);
