@@ -67,21 +67,4 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     return 0;
 }
 
-#ifdef KM_FUZZ_REPLAY
-int
-main(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        size_t len = 0;
-        char *buf = km_read_file(argv[i], 1 << 20, &len);
-        if (!buf) {
-            fprintf(stderr, "%s: cannot read\n", argv[i]);
-            return 1;
-        }
-        LLVMFuzzerTestOneInput((const uint8_t *)buf, len);
-        free(buf);
-    }
-    printf("replayed %d inputs\n", argc - 1);
-    return 0;
-}
-#endif
+#include "replay.h"

@@ -204,6 +204,24 @@ send_sotw(struct client *cl, const char *node, const char *type, const char *ver
     free(buf);
 }
 
+static void
+send_delta(struct client *cl, const char *node, const char *type, char **subscribe, size_t nsub)
+{
+    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest r =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
+    Envoy__Config__Core__V3__Node nd = ENVOY__CONFIG__CORE__V3__NODE__INIT;
+    nd.id = (char *)node;
+    r.node = &nd;
+    r.type_url = (char *)type;
+    r.resource_names_subscribe = subscribe;
+    r.n_resource_names_subscribe = nsub;
+    size_t n = protobuf_c_message_get_packed_size(&r.base);
+    uint8_t *buf = km_xmalloc(n);
+    protobuf_c_message_pack(&r.base, buf);
+    ASSERT_INT_EQ(km_grpc_call_send(cl->call, buf, n), 0);
+    free(buf);
+}
+
 static Envoy__Service__Discovery__V3__DiscoveryResponse *
 last_sotw(struct client *cl)
 {
@@ -351,20 +369,7 @@ KM_TEST(ads_delta_resends_changed_resources)
     fixture_start(&f);
     struct client cl;
     client_open(&cl, f.plain_port, true);
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest r =
-        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
-    Envoy__Config__Core__V3__Node nd = ENVOY__CONFIG__CORE__V3__NODE__INIT;
-    nd.id = "default.web-1";
-    r.node = &nd;
-    r.type_url = T_EDS;
-    char *sub[] = {"backend"};
-    r.resource_names_subscribe = sub;
-    r.n_resource_names_subscribe = 1;
-    size_t n = protobuf_c_message_get_packed_size(&r.base);
-    uint8_t *buf = km_xmalloc(n);
-    protobuf_c_message_pack(&r.base, buf);
-    ASSERT_INT_EQ(km_grpc_call_send(cl.call, buf, n), 0);
-    free(buf);
+    send_delta(&cl, "default.web-1", T_EDS, (char *[]){"backend"}, 1);
     ASSERT(wait_responses(&cl, 1, 3000));
     Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *d =
         (Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *)cl.last;
@@ -389,17 +394,7 @@ KM_TEST(ads_delta_wildcard_cds_reports_removals)
     fixture_start(&f);
     struct client cl;
     client_open(&cl, f.plain_port, true);
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest r =
-        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
-    Envoy__Config__Core__V3__Node nd = ENVOY__CONFIG__CORE__V3__NODE__INIT;
-    nd.id = "default.web-1";
-    r.node = &nd;
-    r.type_url = T_CDS; /* no names: wildcard */
-    size_t n = protobuf_c_message_get_packed_size(&r.base);
-    uint8_t *buf = km_xmalloc(n);
-    protobuf_c_message_pack(&r.base, buf);
-    ASSERT_INT_EQ(km_grpc_call_send(cl.call, buf, n), 0);
-    free(buf);
+    send_delta(&cl, "default.web-1", T_CDS, NULL, 0); /* no names: wildcard */
     ASSERT(wait_responses(&cl, 1, 3000));
     Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *d =
         (Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *)cl.last;
