@@ -93,7 +93,7 @@ km_bootstrap_build(const struct km_bootstrap_request *req, const struct km_boots
     json_t *tls = NULL;
     if (p->ca_pem) {
         tls = json_pack(
-            "{s:s, s:{s:s, s:{s:s, s:{s:{s:{s:s}}}}}}", "name", "envoy.transport_sockets.tls",
+            "{s:s, s:{s:s, s:s, s:{s:{s:{s:s}}}}}", "name", "envoy.transport_sockets.tls",
             "typed_config", "@type",
             "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni", host, "common_tls_context", "validation_context", "trusted_ca", "inline_string",

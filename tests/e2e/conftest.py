@@ -220,3 +220,34 @@ def postgres(tmp_path_factory):
     yield pg
     env = dict(os.environ, PG_BIN=bindir)
     subprocess.run(["sh", str(PGCTL), "destroy", str(d)], env=env, capture_output=True)
+
+
+# ---- xDS end-to-end tests (test_xds*.py; helpers in tests/e2e/xds/) ----
+
+@pytest.fixture
+def procs():
+    """A list of tests/e2e/xds/harness.LineProc (echo servers, xDS clients): all are stopped
+    at teardown."""
+    lst = []
+    yield lst
+    for p in reversed(lst):
+        p.stop()
+
+
+@pytest.fixture
+def xds(kuma_cp, free_port, tmp_path, procs):
+    """xds(env=None, migrate=False) -> harness.XdsSetup: a kuma-cp (env added to its
+    environment; migrate runs `kuma-cp migrate up` first, for a postgres env) serving
+    plaintext ADS (KUMA_DP_SERVER_PLAINTEXT_PORT) on a free port."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "xds"))
+    import harness
+
+    def make(env=None, migrate=False):
+        if migrate:
+            r = kuma_cp.run(["migrate", "up"], env=env, timeout=60)
+            assert r.returncode == 0, "kuma-cp migrate up: %s%s" % (r.stdout, r.stderr)
+        pt = free_port()
+        e = {"KUMA_DP_SERVER_PLAINTEXT_PORT": str(pt)}
+        e.update(env or {})
+        return harness.XdsSetup(kuma_cp(env=e), pt, tmp_path, procs)
+    return make
