@@ -128,6 +128,8 @@ struct mesh_ctx {
     struct km_resource *mesh_res;
     struct km_resource_list dps;
     const struct km_resource **ptrs;
+    struct km_resource_list pols;  /* policies the generator applies */
+    const struct km_resource **pptrs;
     struct km_xds_mesh_index *ix; /* owned; built once per load */
     bool ok;
 };
@@ -442,6 +444,16 @@ mesh_ctx_load(struct km_dp_server *s, struct mesh_ctx *mc, const char *mesh)
     mc->ptrs = km_xcalloc(mc->dps.n + 1, sizeof(*mc->ptrs));
     for (size_t i = 0; i < mc->dps.n; i++)
         mc->ptrs[i] = mc->dps.items[i];
+    km_resource_list_init(&mc->pols);
+    rc = km_store_list(s->cp->store, km_registry_find("MeshLoadBalancingStrategy"), mesh,
+                       &mc->pols);
+    if (rc) {
+        km_log_warn("xds", "cannot list policies of mesh %s: %s", mesh, km_strerror(rc));
+        return;
+    }
+    mc->pptrs = km_xcalloc(mc->pols.n + 1, sizeof(*mc->pptrs));
+    for (size_t i = 0; i < mc->pols.n; i++)
+        mc->pptrs[i] = mc->pols.items[i];
     mc->ok = true;
 }
 
@@ -453,6 +465,8 @@ mesh_ctx_free(struct mesh_ctx *mc)
     km_resource_free(mc->mesh_res);
     km_resource_list_deinit(&mc->dps);
     free(mc->ptrs);
+    km_resource_list_deinit(&mc->pols);
+    free(mc->pptrs);
 }
 
 /* The cached view of <mesh>, loaded on first use; NULL when the store cannot be read. */
@@ -475,7 +489,9 @@ mesh_ctx_get(struct km_dp_server *s, const char *mesh)
                                 .dataplanes = mc->ptrs,
                                 .ndataplanes = mc->dps.n,
                                 .is_offline = is_offline,
-                                .offline_ud = &q};
+                                .offline_ud = &q,
+                                .policies = mc->pptrs,
+                                .npolicies = mc->pols.n};
     mc->ix = km_xds_mesh_index_new(&view);
     s->meshes = km_xrealloc(s->meshes, (s->nmeshes + 1) * sizeof(*s->meshes));
     s->meshes[s->nmeshes++] = mc;

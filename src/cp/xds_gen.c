@@ -322,11 +322,13 @@ http2_options_json(void)
 }
 
 static json_t *
-eds_cluster_json(const char *name, bool h2)
+eds_cluster_json(const char *name, bool h2, const char *lb_policy)
 {
     json_t *c = must(json_pack("{s:s, s:s, s:{s:o}, s:s}", "name", name, "type", "EDS",
                                "eds_cluster_config", "eds_config", ads_source_json(),
                                "connect_timeout", CONNECT_TIMEOUT));
+    if (lb_policy)
+        set_new(c, "lb_policy", json_string(lb_policy));
     if (h2)
         set_new(c, "typed_extension_protocol_options", http2_options_json());
     return c;
@@ -425,6 +427,7 @@ struct gen_endpoint {
 
 struct gen_service {
     const char *name;        /* borrowed */
+    const char *lb_policy;   /* Envoy lb_policy from MeshLoadBalancingStrategy, NULL = default */
     enum gen_proto protocol; /* common protocol of all its (non-ignored) inbounds */
     struct gen_endpoint *eps; /* owned: ready endpoints, deduplicated, by order */
     size_t neps;
@@ -461,16 +464,37 @@ cmp_entry(const void *a, const void *b)
     return x->ep.order < y->ep.order ? -1 : x->ep.order > y->ep.order;
 }
 
+/* The address as bytes (family first), so that "::1" and "0::1" are the same endpoint. */
+static void
+addr_key(const char *ip, unsigned char key[17])
+{
+    memset(key, 0, 17);
+    if (inet_pton(AF_INET, ip, key + 1) == 1)
+        key[0] = 4;
+    else if (inet_pton(AF_INET6, ip, key + 1) == 1)
+        key[0] = 6;
+}
+
+static int
+ep_addr_cmp(const struct gen_endpoint *x, const struct gen_endpoint *y)
+{
+    unsigned char kx[17], ky[17];
+    addr_key(x->ip, kx);
+    addr_key(y->ip, ky);
+    int c = memcmp(kx, ky, sizeof(kx));
+    if (c)
+        return c;
+    return x->port < y->port ? -1 : x->port > y->port;
+}
+
 static int
 cmp_ep_addr(const void *a, const void *b)
 {
     const struct gen_endpoint *x = *(const struct gen_endpoint *const *)a;
     const struct gen_endpoint *y = *(const struct gen_endpoint *const *)b;
-    int c = strcmp(x->ip, y->ip);
+    int c = ep_addr_cmp(x, y);
     if (c)
         return c;
-    if (x->port != y->port)
-        return x->port < y->port ? -1 : 1;
     return x->order < y->order ? -1 : x->order > y->order;
 }
 
@@ -490,7 +514,7 @@ dedup_endpoints(struct gen_service *s)
         v[i] = &s->eps[i];
     qsort(v, s->neps, sizeof(*v), cmp_ep_addr);
     for (size_t i = 1; i < s->neps; i++)
-        if (strcmp(v[i]->ip, v[i - 1]->ip) == 0 && v[i]->port == v[i - 1]->port)
+        if (ep_addr_cmp(v[i], v[i - 1]) == 0)
             drop[v[i] - s->eps] = true;
     for (size_t i = 0; i < s->neps; i++)
         if (!drop[i])
@@ -498,6 +522,76 @@ dedup_endpoints(struct gen_service *s)
     s->neps = n;
     free(drop);
     free(v);
+}
+
+/* MeshLoadBalancingStrategy, the subset that needs no per-proxy matching: policies whose
+ * top-level targetRef is the Mesh (or absent), with to[] entries for kind Mesh (every
+ * service) or MeshService (one service by name). Kuma's order: policies by name in reverse
+ * (so "a" is applied after "z" and wins), then Mesh entries before MeshService ones; the last
+ * loadBalancer.type that applies to a service wins. Other targetRef kinds are not applied yet. */
+static const char *
+lb_type_to_envoy(const char *t)
+{
+    static const struct {
+        const char *kuma, *envoy;
+    } map[] = {{"RoundRobin", NULL},      {"LeastRequest", "LEAST_REQUEST"},
+               {"Random", "RANDOM"},      {"RingHash", "RING_HASH"},
+               {"Maglev", "MAGLEV"}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(t, map[i].kuma) == 0)
+            return map[i].envoy;
+    return NULL;
+}
+
+static int
+cmp_policy_rev(const void *a, const void *b)
+{
+    const struct km_resource *x = *(const struct km_resource *const *)a;
+    const struct km_resource *y = *(const struct km_resource *const *)b;
+    return -strcmp(x->name, y->name);
+}
+
+static void
+apply_lb_entry(struct km_xds_mesh_index *ix, const json_t *entry, bool want_service)
+{
+    const json_t *tr = json_object_get(entry, "targetRef");
+    const char *kind = json_string_value(json_object_get(tr, "kind"));
+    const char *type = json_string_value(
+        json_object_get(json_object_get(json_object_get(entry, "default"), "loadBalancer"), "type"));
+    if (!kind || !type)
+        return;
+    bool is_service = strcmp(kind, "MeshService") == 0;
+    if (is_service != want_service || (!is_service && strcmp(kind, "Mesh") != 0))
+        return;
+    const char *name = json_string_value(json_object_get(tr, "name"));
+    for (size_t i = 0; i < ix->nsvcs; i++)
+        if (!is_service || (name && strcmp(name, ix->svcs[i].name) == 0))
+            ix->svcs[i].lb_policy = lb_type_to_envoy(type);
+}
+
+static void
+apply_lb_policies(struct km_xds_mesh_index *ix, const struct km_mesh_view *view)
+{
+    const struct km_resource **pol = km_xcalloc(view->npolicies + 1, sizeof(*pol));
+    size_t n = 0;
+    for (size_t i = 0; i < view->npolicies; i++) {
+        const struct km_resource *p = view->policies[i];
+        if (!p || !p->type || strcmp(p->type->name, "MeshLoadBalancingStrategy") != 0)
+            continue;
+        const json_t *top = json_object_get(p->spec, "targetRef");
+        const char *kind = json_string_value(json_object_get(top, "kind"));
+        if (top && (!kind || strcmp(kind, "Mesh") != 0))
+            continue;
+        pol[n++] = p;
+    }
+    qsort(pol, n, sizeof(*pol), cmp_policy_rev);
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < n; i++) {
+            const json_t *to = json_object_get(pol[i]->spec, "to");
+            for (size_t k = 0; k < json_array_size(to); k++)
+                apply_lb_entry(ix, json_array_get(to, k), pass == 1);
+        }
+    free(pol);
 }
 
 struct km_xds_mesh_index *
@@ -509,7 +603,7 @@ km_xds_mesh_index_new(const struct km_mesh_view *view)
     size_t nents = 0, capents = 0, order = 0, ndps = view ? view->ndataplanes : 0;
 
     if (ndps == 0 || view->dataplanes == NULL)
-        return ix;
+        return ix; /* no services: nothing for policies to apply to */
     dps = km_xcalloc(ndps, sizeof(*dps));
     memcpy(dps, view->dataplanes, ndps * sizeof(*dps));
     qsort(dps, ndps, sizeof(*dps), cmp_dp_name);
@@ -577,6 +671,7 @@ km_xds_mesh_index_new(const struct km_mesh_view *view)
         i = j;
     }
     free(ents);
+    apply_lb_policies(ix, view);
     return ix;
 }
 
@@ -689,7 +784,8 @@ gen_service_cluster(const struct km_xds_mesh_index *ix, const char *service, boo
     bool h2 = envoy && svc && proto_is_h2(svc->protocol);
 
     if (json_object_get(out->by_type[KM_XDS_CLUSTER], service) == NULL)
-        add_resource(out->by_type[KM_XDS_CLUSTER], service, eds_cluster_json(service, h2));
+        add_resource(out->by_type[KM_XDS_CLUSTER], service,
+                     eds_cluster_json(service, h2, svc ? svc->lb_policy : NULL));
     if (json_object_get(out->by_type[KM_XDS_ENDPOINT], service) == NULL)
         add_resource(out->by_type[KM_XDS_ENDPOINT], service, cla_json(service, svc));
 }

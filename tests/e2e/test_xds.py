@@ -114,12 +114,10 @@ def test_cgrpc_client_nack_keeps_last_good_config(xds, free_port, procs):
     """A resource the client rejects is recorded in DataplaneInsight and the client keeps
     serving with the last good config.
 
-    Trigger: two Dataplanes of the service whose addresses are the same IPv6 address written
-    differently ("::1" and "0::1", same port). kuma-cp's generator drops duplicate endpoints by
-    comparing the address text (src/cp/xds_gen.c, dedup_endpoints/cmp_ep_addr), so both go
-    into the ClusterLoadAssignment, and gRPC C-core NACKs it ("duplicate endpoint address").
-    grpc-js-xds 1.14.1 compares the text too and accepts it. When the generator learns to
-    compare parsed addresses, this test needs another trigger (see the report of issue 3)."""
+    Trigger: a MeshLoadBalancingStrategy that asks for Maglev on the echo service. kuma-cp
+    writes lb_policy MAGLEV into the Cluster, which Envoy supports and gRPC C-core rejects
+    (it only does round robin and ring hash), so the client NACKs the Cluster and keeps the
+    previous one. Deleting the policy gets the next Cluster accepted again."""
     x = xds()
     x.start_echos(free_port)
     x.put_dp("echo-1")
@@ -128,36 +126,39 @@ def test_cgrpc_client_nack_keeps_last_good_config(xds, free_port, procs):
     procs.append(c)
     assert c.wait_backends({"echo-1", "echo-2"}, 30), c.tail()
 
-    def eds():
-        return _sub_status(x.insight(), "eds")
-    assert wait_for(lambda: _n(eds(), "responsesAcknowledged") >= 1, 5), x.insight()
-    acked_before = _n(eds(), "responsesAcknowledged")
+    def cds():
+        return _sub_status(x.insight(), "cds")
+    assert wait_for(lambda: _n(cds(), "responsesAcknowledged") >= 1, 5), x.insight()
+    acked_before = _n(cds(), "responsesAcknowledged")
 
-    dup_port = free_port()  # nothing listens there: a client using it would fail calls
-    x.put_dp("echo-3", port=dup_port, address="::1")
-    x.put_dp("echo-4", port=dup_port, address="0::1")
+    policy = {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "echo-maglev",
+              "spec": {"targetRef": {"kind": "Mesh"},
+                       "to": [{"targetRef": {"kind": "MeshService", "name": "echo"},
+                               "default": {"loadBalancer": {"type": "Maglev"}}}]}}
+    st, js = x.cp.put("/meshes/default/meshloadbalancingstrategies/echo-maglev", policy)
+    assert st == 201, (st, js)
     t_nack = time.monotonic()
-    st = wait_for(lambda: (lambda s: s if _n(s, "responsesRejected") >= 1 else None)(eds()), 10)
+    st = wait_for(lambda: (lambda s: s if _n(s, "responsesRejected") >= 1 else None)(cds()), 10)
     assert st, "no NACK recorded in the DataplaneInsight: %s\n%s" % (x.insight(), c.tail())
-    assert "duplicate endpoint address" in st.get("lastNackError", ""), st
+    assert "lb_policy" in st.get("lastNackError", ""), st
     assert _n(st, "responsesAcknowledged") == acked_before, st
-    for kind in ("lds", "rds", "cds"):
+    for kind in ("lds", "rds", "eds"):
         assert _n(_sub_status(x.insight(), kind), "responsesRejected") == 0, x.insight()
-    assert "rejected eds" in x.cp.logs
+    assert "rejected cds" in x.cp.logs
 
-    # the last good config keeps serving: every call succeeds, on the two old endpoints
+    # the last good config keeps serving: every call succeeds, on both endpoints
     assert wait_for(lambda: len(c.results(t_nack)) >= 30, 15), c.tail()
     res, ok = c.calls_since(t_nack)
     assert len(ok) == len(res), "calls failed after the NACK:\n" + c.tail()
     assert set(ok) == {"echo-1", "echo-2"}, c.tail()
 
-    # a fixed config is accepted again (ACK counted), and the client follows it
+    # without the policy the next Cluster is accepted again (ACK counted) and changes follow
+    st, js = x.cp.delete("/meshes/default/meshloadbalancingstrategies/echo-maglev")
+    assert st == 200, (st, js)
+    st = wait_for(lambda: (lambda s: s if _n(s, "responsesAcknowledged") > acked_before
+                           else None)(cds()), 5)
+    assert st, x.insight()
     t0 = time.monotonic()
-    x.delete_dp("echo-4")
-    x.delete_dp("echo-3")
     x.delete_dp("echo-2")
     assert c.wait_backends({"echo-1"}, CHANGE_S, since=t0), c.tail()
-    st = wait_for(lambda: (lambda s: s if _n(s, "responsesAcknowledged") > acked_before
-                           else None)(eds()), 5)
-    assert st, x.insight()
     assert x.cp.ready_status() == 200

@@ -37,6 +37,10 @@ struct km_mesh_view {
      * proxy was connected and went away): names, may be NULL. */
     bool (*is_offline)(const char *name, void *ud);
     void *offline_ud;
+    /* Policies of the mesh that the generator applies (MeshLoadBalancingStrategy so far), any
+     * order; may be NULL. */
+    const struct km_resource *const *policies;
+    size_t npolicies;
 };
 
 /* Who is asking. */
