@@ -53,7 +53,9 @@ struct strset {
 /* ---- packed resources shared between proxies ---- */
 
 struct xblob {
-    uint64_t hash;      /* of the JSON text and type */
+    uint64_t hash;      /* of the JSON text and type (FNV-1a) */
+    uint64_t hash2;     /* a second, independent hash of the same text: with 128 bits a
+                           collision between two different resources is not a practical risk */
     unsigned refs;
     uint8_t *bytes;     /* owned: packed resource */
     size_t len;
@@ -166,6 +168,20 @@ fnv1a(uint64_t h, const void *data, size_t n)
 }
 #define FNV_INIT 14695981039346656037ULL
 
+/* Multiply-xorshift over 8-byte words (a different construction from FNV). */
+static uint64_t
+mix_hash(const char *p, size_t n, uint64_t seed)
+{
+    uint64_t h = seed ^ (n * 0x9E3779B97F4A7C15ULL);
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w = 0;
+        memcpy(&w, p + i, n - i < 8 ? n - i : 8);
+        h ^= w * 0xBF58476D1CE4E5B9ULL;
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EBULL;
+    }
+    return h ^ (h >> 29);
+}
+
 static void
 blob_unref(struct km_dp_server *s, struct xblob *b)
 {
@@ -185,10 +201,12 @@ static struct xblob *
 blob_get(struct km_dp_server *s, int t, const char *name, const json_t *j)
 {
     char *text = json_dumps(j, JSON_COMPACT);
-    uint64_t h = fnv1a(fnv1a(FNV_INIT, &t, sizeof(t)), text, strlen(text));
+    size_t tlen = strlen(text);
+    uint64_t h = fnv1a(fnv1a(FNV_INIT, &t, sizeof(t)), text, tlen);
+    uint64_t h2 = mix_hash(text, tlen, (uint64_t)t);
     struct xblob **head = &s->buckets[h % KM_ARRAY_LEN(s->buckets)];
     for (struct xblob *b = *head; b; b = b->next) {
-        if (b->hash == h) {
+        if (b->hash == h && b->hash2 == h2) {
             b->refs++;
             free(text);
             return b;
@@ -205,6 +223,7 @@ blob_get(struct km_dp_server *s, int t, const char *name, const json_t *j)
     free(text);
     struct xblob *b = km_xcalloc(1, sizeof(*b));
     b->hash = h;
+    b->hash2 = h2;
     b->refs = 1;
     b->bytes = bytes;
     b->len = len;
