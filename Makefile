@@ -156,9 +156,11 @@ $(B)/grpc_echo_server: $(B)/tests/tools/grpc_echo_server.o $(B)/libkm.a
 # Benchmark tools (bench/*.c), built on demand by bench/*.sh.
 $(B)/xds-load: $(B)/bench/xds_load.o $(B)/libkm.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+$(B)/ca-bench: $(B)/bench/ca_bench.o $(B)/libkm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/tests/xds/emit_samples.d $(B)/tests/tools/grpc_echo_server.d $(B)/bench/xds_load.d $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
+-include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/tests/xds/emit_samples.d $(B)/tests/tools/grpc_echo_server.d $(B)/bench/xds_load.d $(B)/bench/ca_bench.d $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
 .SECONDARY:
