@@ -14,6 +14,8 @@
 #include <km/common/yamljson.h>
 #include <km/cp/cp.h>
 #include <km/cp/labels.h>
+#include <km/cp/policy_match.h>
+#include <km/cp/tokens.h>
 #include <km/cp/validate.h>
 
 #define API_DEFAULT_PAGE 100
@@ -1177,6 +1179,50 @@ resource_item(struct api_ctx *c, const struct km_rtype *t, const char *mesh, con
         method_not_allowed(c);
 }
 
+/* GET /meshes/{mesh}/dataplanes/{name}/policies: the policies that apply to each inbound,
+ * outbound and service of a Dataplane (km_pm_inspect_dataplane). */
+static void
+handle_dp_policies(struct api_ctx *c, const char *mesh, const char *name)
+{
+    const struct km_rtype *dpt = km_registry_find("Dataplane");
+    struct km_resource *dp = NULL;
+    struct km_resource_list l;
+    int rc;
+
+    if (!mesh_exists(c, dpt, mesh))
+        return;
+    rc = km_store_get(c->cp->store, dpt, mesh, name, &dp);
+    if (rc) {
+        resp_store_error(c->out, rc, "Could not get MatchedPolicies");
+        return;
+    }
+    km_resource_list_init(&l);
+    for (size_t i = 0; i < km_registry_count(); i++) {
+        const struct km_rtype *t = km_registry_at(i);
+        struct km_resource_list tl;
+        if (!t->is_policy || t->scope != KM_SCOPE_MESH)
+            continue;
+        km_resource_list_init(&tl);
+        rc = km_store_list(c->cp->store, t, mesh, &tl);
+        if (rc == 0)
+            for (size_t k = 0; k < tl.n; k++) {
+                km_resource_list_push(&l, tl.items[k]);
+                tl.items[k] = NULL;
+            }
+        tl.n = 0;
+        km_resource_list_deinit(&tl);
+        if (rc) {
+            resp_store_error(c->out, rc, "Could not get MatchedPolicies");
+            goto out;
+        }
+    }
+    resp_set(c->out, 200,
+             km_pm_inspect_dataplane(dp, (const struct km_resource *const *)l.items, l.n));
+out:
+    km_resource_list_deinit(&l);
+    km_resource_free(dp);
+}
+
 static void
 route(struct api_ctx *c)
 {
@@ -1209,6 +1255,10 @@ route(struct api_ctx *c)
                 handle_get(c, dp, mesh, s[name_at], encode_dp_overview);
             else
                 not_found_path(c);
+            return;
+        }
+        if (n == 5 && strcmp(s[2], "dataplanes") == 0 && strcmp(s[4], "policies") == 0) {
+            method_is(c, "GET") ? handle_dp_policies(c, mesh, s[3]) : method_not_allowed(c);
             return;
         }
         const struct km_rtype *t = km_registry_by_path(s[2]);
@@ -1288,11 +1338,14 @@ api_handler(void *cls, struct MHD_Connection *conn, const char *url, const char 
     }
     struct api_resp out = {500, NULL};
     struct api_ctx c = {.cp = cp, .conn = conn, .method = method, .out = &out};
+    struct km_api_answer ans = {0};
     if (req->too_large) {
         char *d = km_xasprintf("request body is larger than %lld bytes",
                                (long long)cp->cfg->api_server.max_body_bytes);
         resp_error(&out, 413, "Request too large", d, NULL);
         free(d);
+    } else if (km_api_access(cp, conn, method, url, req->body.ptr, req->body.len, &ans)) {
+        out.status = ans.status; /* refused (401/403) or a token endpoint: api_tokens.c */
     } else if (!split_path(&c, url)) {
         not_found_path(&c);
     } else {
@@ -1306,7 +1359,8 @@ api_handler(void *cls, struct MHD_Connection *conn, const char *url, const char 
     if (cls_idx < 6)
         atomic_fetch_add(&cp->api_requests[cls_idx], 1);
     km_log_debug("api", "%s %s -> %u", method, url, out.status);
-    enum MHD_Result ret = send_resp(conn, &out);
+    enum MHD_Result ret =
+        ans.status ? (enum MHD_Result)km_api_answer_send(conn, &ans) : send_resp(conn, &out);
     json_decref(out.body);
     return ret;
 }

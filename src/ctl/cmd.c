@@ -75,6 +75,13 @@ static const struct km_ctl_flag inspect_dp_flags[] = {
     {NULL, 0, 0, NULL, NULL},
 };
 
+static const struct km_ctl_flag inspect_dp1_flags[] = {
+    {"mesh", 'm', KM_CTL_FLAG_STRING, "default", "mesh to use"},
+    {"type", 0, KM_CTL_FLAG_STRING, "policies",
+     "inspection type: one of policies|config-dump|stats|clusters|config"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
 static const struct km_ctl_flag cp_add_flags[] = {
     {"address", 0, KM_CTL_FLAG_STRING, NULL,
      "URL of the Control Plane API Server (required). Example: http://localhost:5681 or "
@@ -111,6 +118,44 @@ static const struct km_ctl_flag version_flags[] = {
     {NULL, 0, 0, NULL, NULL},
 };
 
+static const struct km_ctl_flag gen_dp_token_flags[] = {
+    {"kid", 0, KM_CTL_FLAG_STRING, NULL,
+     "ID of the key that is used to issue a token. Required when --signing-key-path is used."},
+    {"mesh", 'm', KM_CTL_FLAG_STRING, "default", "mesh to use"},
+    {"name", 0, KM_CTL_FLAG_STRING, NULL, "name of the Dataplane"},
+    {"proxy-type", 0, KM_CTL_FLAG_STRING, NULL,
+     "type of the Dataplane (\"dataplane\", \"ingress\")"},
+    {"signing-key-path", 0, KM_CTL_FLAG_STRING, NULL,
+     "path to a file that contains private signing key. When specified, control plane won't be "
+     "used to issue the token."},
+    {"tag", 0, KM_CTL_FLAG_MAP, NULL,
+     "required tag values for dataplane (split values by comma to provide multiple values)"},
+    {"type", 0, KM_CTL_FLAG_STRING, NULL, "deprecated: please use --proxy-type instead"},
+    {"valid-for", 0, KM_CTL_FLAG_STRING, NULL,
+     "how long the token will be valid (for example \"24h\")"},
+    {"workload", 0, KM_CTL_FLAG_STRING, NULL, "required workload label value for dataplane"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const struct km_ctl_flag gen_user_token_flags[] = {
+    {"group", 0, KM_CTL_FLAG_STRING, NULL, "group of the user (repeatable)"},
+    {"kid", 0, KM_CTL_FLAG_STRING, NULL,
+     "ID of the key that is used to issue a token. Required when --signing-key-path is used."},
+    {"name", 0, KM_CTL_FLAG_STRING, NULL, "name of the user"},
+    {"signing-key-path", 0, KM_CTL_FLAG_STRING, NULL,
+     "path to a file that contains private signing key. When specified, control plane won't be "
+     "used to issue the token."},
+    {"valid-for", 0, KM_CTL_FLAG_STRING, NULL,
+     "how long the token will be valid (for example \"24h\")"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const struct km_ctl_flag gen_signing_key_flags[] = {
+    {"format", 0, KM_CTL_FLAG_STRING, "pem-base64",
+     "format of signing key. Available values :pem-base64, pem"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
 /* ---- command tree ---- */
 
 static const struct km_ctl_cmd cmd_apply = {
@@ -138,8 +183,11 @@ static const struct km_ctl_cmd cmd_inspect_meshes = {
 static const struct km_ctl_cmd cmd_inspect_dataplanes = {
     "dataplanes", "inspect dataplanes", "Inspect Dataplanes", NULL, inspect_dp_flags, NULL,
     km_ctl_cmd_inspect_dataplanes, 0, 0};
-static const struct km_ctl_cmd *const inspect_children[] = {&cmd_inspect_dataplanes,
-                                                            &cmd_inspect_meshes, NULL};
+static const struct km_ctl_cmd cmd_inspect_dataplane = {
+    "dataplane", "inspect dataplane NAME", "Inspect Dataplane", NULL, inspect_dp1_flags, NULL,
+    km_ctl_cmd_inspect_dataplane, 1, 1};
+static const struct km_ctl_cmd *const inspect_children[] = {
+    &cmd_inspect_dataplane, &cmd_inspect_dataplanes, &cmd_inspect_meshes, NULL};
 static const struct km_ctl_cmd cmd_inspect = {
     "inspect", "inspect", "Inspect Kuma resources", NULL, inspect_flags, inspect_children, NULL,
     0, 0};
@@ -167,13 +215,37 @@ static const struct km_ctl_cmd *const config_children[] = {&cmd_cps, &cmd_config
 static const struct km_ctl_cmd cmd_config = {
     "config", "config", "Manage kumactl config", NULL, NULL, config_children, NULL, 0, 0};
 
+static const struct km_ctl_cmd cmd_gen_dp_token = {
+    "dataplane-token", "generate dataplane-token", "Generate Dataplane Token",
+    "Generate token bound by name and mesh\n"
+    "$ kumactl generate dataplane-token --mesh demo --name demo-01 --valid-for 24h\n\n"
+    "Generate token bound by tag\n"
+    "$ kumactl generate dataplane-token --mesh demo --tag kuma.io/service=web,web-api "
+    "--valid-for 24h",
+    gen_dp_token_flags, NULL, km_ctl_cmd_generate_dataplane_token, 0, 0};
+static const struct km_ctl_cmd cmd_gen_user_token = {
+    "user-token", "generate user-token", "Generate User Token",
+    "Generate token using a control plane\n"
+    "$ kumactl generate user-token --name john.doe@example.com --group users --valid-for 24h",
+    gen_user_token_flags, NULL, km_ctl_cmd_generate_user_token, 0, 0};
+static const struct km_ctl_cmd cmd_gen_signing_key = {
+    "signing-key", "generate signing-key", "Generate signing keys",
+    "$ kumactl generate signing-key --format=pem", gen_signing_key_flags, NULL,
+    km_ctl_cmd_generate_signing_key, 0, 0};
+static const struct km_ctl_cmd *const generate_children[] = {
+    &cmd_gen_dp_token, &cmd_gen_signing_key, &cmd_gen_user_token, NULL};
+static const struct km_ctl_cmd cmd_generate = {
+    "generate", "generate", "Generate resources, tokens, etc", NULL, NULL, generate_children,
+    NULL, 0, 0};
+
 static const struct km_ctl_cmd cmd_version = {
     "version", "version", "Print version", NULL, version_flags, NULL, km_ctl_cmd_version, 0, 0};
 static const struct km_ctl_cmd cmd_help = {
     "help", "help [command]", "Help about any command", NULL, NULL, NULL, NULL, 0, -1};
 
 static const struct km_ctl_cmd *const root_children[] = {
-    &cmd_apply, &cmd_config, &cmd_delete, &cmd_get, &cmd_help, &cmd_inspect, &cmd_version, NULL};
+    &cmd_apply, &cmd_config,  &cmd_delete,  &cmd_generate, &cmd_get,
+    &cmd_help,  &cmd_inspect, &cmd_version, NULL};
 static const struct km_ctl_cmd cmd_root = {
     "kumactl", "", "Management tool for Kuma", NULL, NULL, root_children, NULL, 0, 0};
 

@@ -452,3 +452,73 @@ km_ctl_cmd_inspect_meshes(struct km_ctl_ctx *x)
     json_decref(all);
     return 0;
 }
+
+/* ---- dataplane NAME --type policies ---- */
+
+/* "INBOUND 10.0.0.1:8080:80(web)", "SERVICE backend", "DATAPLANE" (Kuma's attachment names). */
+static char *
+attachment_str(const json_t *item)
+{
+    const char *type = str_or(item, "type", "");
+    char *up = km_xstrdup(type), *s;
+
+    for (char *p = up; *p; p++)
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 'a' + 'A');
+    if (strcmp(type, "dataplane") == 0)
+        return up;
+    if (strcmp(type, "service") == 0)
+        s = km_xasprintf("%s %s", up, str_or(item, "name", ""));
+    else
+        s = km_xasprintf("%s %s(%s)", up, str_or(item, "name", ""), str_or(item, "service", ""));
+    free(up);
+    return s;
+}
+
+int
+km_ctl_cmd_inspect_dataplane(struct km_ctl_ctx *x)
+{
+    const char *type = km_ctl_flag_str(x, "type");
+    const char *mesh = km_ctl_flag_str(x, "mesh");
+    char *em, *en, *path;
+    json_t *j;
+    long status;
+    size_t i;
+    const json_t *item;
+
+    if (x->args.npos != 1)
+        return km_ctl_fail(x, "accepts 1 arg(s), received %zu", x->args.npos);
+    if (strcmp(type, "policies") != 0) {
+        if (strcmp(type, "config-dump") == 0 || strcmp(type, "stats") == 0 ||
+            strcmp(type, "clusters") == 0 || strcmp(type, "config") == 0)
+            return km_ctl_fail(x, "inspection type \"%s\" is not supported yet", type);
+        return km_ctl_fail(x, "invalid inspection type");
+    }
+    em = km_ctl_escape(mesh);
+    en = km_ctl_escape(x->args.pos[0]);
+    path = km_xasprintf("/meshes/%s/dataplanes/%s/policies", em, en);
+    free(em);
+    free(en);
+    j = km_ctl_get_json(x, path, NULL, &status);
+    free(path);
+    if (!j)
+        return 1;
+    /* Kuma's template: the attachment, then each policy type and the names under it */
+    json_array_foreach(json_object_get(j, "items"), i, item) {
+        const char *typ;
+        const json_t *list;
+        char *att = attachment_str(item);
+        fprintf(x->out, "%s:\n", att);
+        free(att);
+        json_object_foreach((json_t *)json_object_get(item, "matchedPolicies"), typ, list) {
+            size_t k;
+            const json_t *p;
+            fprintf(x->out, "  %s\n    ", typ);
+            json_array_foreach(list, k, p)
+                fprintf(x->out, "%s\n", str_or(p, "name", ""));
+        }
+        fputs("\n", x->out);
+    }
+    json_decref(j);
+    return 0;
+}

@@ -159,7 +159,9 @@ class KumaCp:
                                    % (self.proc.returncode, self.logs[-4000:]))
             # /ready alone could be another server's answer when our port was taken (our
             # process then exits with a bind error): require our API port to answer too
-            if self.ready_status() == 200 and self._api_answers() and self.proc.poll() is None:
+            # and our own start line in our log: written only once every port was ours
+            if (self.ready_status() == 200 and self._api_answers() and self.proc.poll() is None
+                    and " started: API " in self.logs):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("kuma-cp not ready after %.0f s:\n%s"

@@ -53,12 +53,17 @@ int km_ctl_cmd_get(struct km_ctl_ctx *x);
 int km_ctl_cmd_delete(struct km_ctl_ctx *x);
 int km_ctl_cmd_inspect_meshes(struct km_ctl_ctx *x);
 int km_ctl_cmd_inspect_dataplanes(struct km_ctl_ctx *x);
+int km_ctl_cmd_inspect_dataplane(struct km_ctl_ctx *x);
 int km_ctl_cmd_config_view(struct km_ctl_ctx *x);
 int km_ctl_cmd_cp_add(struct km_ctl_ctx *x);
 int km_ctl_cmd_cp_list(struct km_ctl_ctx *x);
 int km_ctl_cmd_cp_remove(struct km_ctl_ctx *x);
 int km_ctl_cmd_cp_switch(struct km_ctl_ctx *x);
 int km_ctl_cmd_version(struct km_ctl_ctx *x);
+/* src/ctl/cmd_generate.c */
+int km_ctl_cmd_generate_dataplane_token(struct km_ctl_ctx *x);
+int km_ctl_cmd_generate_user_token(struct km_ctl_ctx *x);
+int km_ctl_cmd_generate_signing_key(struct km_ctl_ctx *x);
 
 /* Pure pieces, exposed for unit tests. */
 /* Table row cells of a resource for `get` (see km_ctl_get_columns); <cells> must hold 5. */
