@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [build|test]   (test also brings PostgreSQL, pytest and load tools)
 set -euo pipefail
 want=(make gcc clang pkg-config libjansson-dev libyaml-dev libpq-dev libcurl4-openssl-dev
-      libmicrohttpd-dev libssl-dev libnghttp2-dev
+      libmicrohttpd-dev libssl-dev libnghttp2-dev libxxhash-dev
       protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = test ]; then
     want+=(postgresql python3-pytest python3-yaml curl python3-grpcio)
