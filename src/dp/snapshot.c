@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include <km/common/pb.h>
+#include <km/dp/lb.h>
+#include <km/dp/router.h>
 #include <km/dp/snapshot.h>
 
 #include "envoy/config/cluster/v3/cluster.pb-c.h"
@@ -160,15 +162,6 @@ free_strv(char **v, size_t n)
 }
 
 static void
-free_regex(void *r)
-{
-    if (r) {
-        regfree(r);
-        free(r);
-    }
-}
-
-static void
 free_weighted(struct km_dp_weighted *w, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -189,12 +182,11 @@ free_eps(struct km_dp_endpoint *eps, size_t n)
 static void
 free_route(struct km_dp_route *r)
 {
+    km_dp_route_release(r);
     free(r->path);
-    free_regex(r->regex);
     for (size_t i = 0; i < r->nheaders; i++) {
         free(r->headers[i].name);
         free(r->headers[i].value);
-        free_regex(r->headers[i].regex);
     }
     free(r->headers);
     free_weighted(r->clusters, r->nclusters);
@@ -426,137 +418,6 @@ copy_eps(const struct km_dp_endpoint *eps, size_t n)
     return out;
 }
 
-/* ---- load balancer tables ---- */
-
-/* Indexes of the endpoints a hash table spreads over: the healthy ones of the lowest priority
- * that has any, or every endpoint when none is healthy. Returns the count. */
-static size_t
-lb_hosts(const struct km_dp_cluster *cl, uint32_t *idx)
-{
-    uint32_t best = UINT32_MAX;
-    for (size_t i = 0; i < cl->neps; i++)
-        if (cl->eps[i].healthy && cl->eps[i].priority < best)
-            best = cl->eps[i].priority;
-    size_t n = 0;
-    for (size_t i = 0; i < cl->neps; i++)
-        if (best == UINT32_MAX || (cl->eps[i].healthy && cl->eps[i].priority == best))
-            idx[n++] = (uint32_t)i;
-    return n;
-}
-
-struct ring_point {
-    uint64_t hash;
-    uint32_t ep;
-};
-
-static int
-ring_cmp(const void *a, const void *b)
-{
-    const struct ring_point *x = a, *y = b;
-    if (x->hash != y->hash)
-        return x->hash < y->hash ? -1 : 1;
-    return x->ep < y->ep ? -1 : x->ep > y->ep;
-}
-
-/* Ketama-style ring: every host gets points in proportion to its weight, at least
- * KM_DP_RING_MIN_SIZE points in all, the lightest host at least one. */
-static void
-build_ring(struct km_dp_cluster *cl)
-{
-    uint32_t *idx = km_xcalloc(cl->neps, sizeof(*idx));
-    size_t n = lb_hosts(cl, idx);
-    double sum = 0, minw = INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        sum += cl->eps[idx[i]].weight;
-        if (cl->eps[idx[i]].weight < minw)
-            minw = cl->eps[idx[i]].weight;
-    }
-    double min_norm = minw / sum;
-    double scale = ceil(min_norm * KM_DP_RING_MIN_SIZE) / min_norm;
-    if (scale > KM_DP_RING_MAX_SIZE)
-        scale = KM_DP_RING_MAX_SIZE;
-    size_t cap = 0;
-    for (size_t i = 0; i < n; i++)
-        cap += (size_t)ceil(scale * cl->eps[idx[i]].weight / sum) + 1;
-    struct ring_point *pts = km_xcalloc(cap, sizeof(*pts));
-    size_t np = 0;
-    double target = 0, current = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct km_dp_endpoint *e = &cl->eps[idx[i]];
-        target += scale * e->weight / sum;
-        size_t want = (size_t)(floor(target) - current);
-        if (want == 0 && np == 0 && i == n - 1)
-            want = 1;
-        for (size_t k = 0; k < want && np < cap; k++) {
-            char key[128];
-            int kl = snprintf(key, sizeof(key), "%s_%zu", e->addr_str, k);
-            pts[np].hash = km_dp_hash64(key, (size_t)kl);
-            pts[np].ep = idx[i];
-            np++;
-        }
-        current += (double)want;
-    }
-    qsort(pts, np, sizeof(*pts), ring_cmp);
-    cl->table = km_xcalloc(np ? np : 1, sizeof(*cl->table));
-    cl->ring_hashes = km_xcalloc(np ? np : 1, sizeof(*cl->ring_hashes));
-    for (size_t i = 0; i < np; i++) {
-        cl->table[i] = pts[i].ep;
-        cl->ring_hashes[i] = pts[i].hash;
-    }
-    cl->table_size = np;
-    free(pts);
-    free(idx);
-}
-
-/* Maglev lookup table (weighted: a host takes turns in proportion to its weight). */
-static void
-build_maglev(struct km_dp_cluster *cl)
-{
-    const uint32_t m = KM_DP_MAGLEV_TABLE_SIZE;
-    uint32_t *idx = km_xcalloc(cl->neps, sizeof(*idx));
-    size_t n = lb_hosts(cl, idx);
-    uint64_t *offset = km_xcalloc(n, sizeof(*offset)), *skip = km_xcalloc(n, sizeof(*skip));
-    uint64_t *next = km_xcalloc(n, sizeof(*next));
-    double *acc = km_xcalloc(n, sizeof(*acc));
-    double maxw = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct km_dp_endpoint *e = &cl->eps[idx[i]];
-        size_t kl = strlen(e->addr_str);
-        uint64_t h1 = km_dp_hash64(e->addr_str, kl);
-        uint64_t h2 = km_dp_hash64(&h1, sizeof(h1));
-        offset[i] = h1 % m;
-        skip[i] = h2 % (m - 1) + 1;
-        if (e->weight > maxw)
-            maxw = e->weight;
-    }
-    uint32_t *table = km_xmalloc((size_t)m * sizeof(*table));
-    for (uint32_t i = 0; i < m; i++)
-        table[i] = UINT32_MAX;
-    uint32_t filled = 0;
-    while (filled < m) {
-        for (size_t i = 0; i < n && filled < m; i++) {
-            acc[i] += cl->eps[idx[i]].weight / maxw;
-            if (acc[i] < 1.0)
-                continue;
-            acc[i] -= 1.0;
-            uint64_t slot;
-            do {
-                slot = (offset[i] + next[i] * skip[i]) % m;
-                next[i]++;
-            } while (table[slot] != UINT32_MAX);
-            table[slot] = idx[i];
-            filled++;
-        }
-    }
-    cl->table = table;
-    cl->table_size = m;
-    free(offset);
-    free(skip);
-    free(next);
-    free(acc);
-    free(idx);
-}
-
 /* ---- clusters ---- */
 
 static const char *
@@ -699,40 +560,16 @@ parse_cluster(struct bctx *c, const pb_cluster *pc, const struct eplist *eds, si
             ok = false;
         }
     }
+    /* The hash tables come from the load balancer module, which also reads them. */
     if (ok && out->neps && out->lb == KM_DP_LB_RING_HASH)
-        build_ring(out);
+        km_dp_lb_build_ring(out, KM_DP_RING_MIN_SIZE);
     if (ok && out->neps && out->lb == KM_DP_LB_MAGLEV)
-        build_maglev(out);
+        km_dp_lb_build_maglev(out, KM_DP_MAGLEV_TABLE_SIZE);
     return ok;
 }
 
 /* ---- routes ---- */
 
-static void *
-compile_regex(struct bctx *c, const char *path, const char *src, bool icase)
-{
-    if (!src || !*src) {
-        berr(c, path, "regex must not be empty");
-        return NULL;
-    }
-    if (strlen(src) > 4096) {
-        berr(c, path, "regex is longer than 4096 characters");
-        return NULL;
-    }
-    /* Envoy's safe_regex matches the whole value: anchor it. */
-    char *full = km_xasprintf("^(%s)$", src);
-    regex_t *re = km_xmalloc(sizeof(*re));
-    int rc = regcomp(re, full, REG_EXTENDED | REG_NOSUB | (icase ? REG_ICASE : 0));
-    free(full);
-    if (rc != 0) {
-        char msg[128];
-        regerror(rc, re, msg, sizeof(msg));
-        berr(c, path, "invalid regex \"%.200s\": %s", src, msg);
-        free(re);
-        return NULL;
-    }
-    return re;
-}
 
 static char *
 lower_dup(const char *s)
@@ -797,15 +634,33 @@ parse_header(struct bctx *c, const char *path, const pb_hdr *h, struct km_dp_hea
         out->kind = KM_DP_HDR_REGEX;
         out->value = km_xstrdup(sm->safe_regex && sm->safe_regex->regex ? sm->safe_regex->regex
                                                                         : "");
-        char q[PATHLEN];
-        pathf(q, "%s.safe_regex", p);
-        out->regex = compile_regex(c, q, out->value, sm->ignore_case);
-        return out->regex != NULL;
+        return true; /* compiled with the route (km_dp_route_compile) */
     }
     default:
         berr(c, p, "one of exact, prefix, suffix, contains, safe_regex is required");
         return false;
     }
+}
+
+/* Compiles the route's regexes (path and headers) with the router's translator, which also
+ * accepts the RE2 syntax Envoy configs use (\d, (?:...), (?i)). */
+static bool
+compile_route(struct bctx *c, const char *path, struct km_dp_route *r)
+{
+    char err[256];
+    if (km_dp_route_compile(r, err, sizeof(err)) == 0)
+        return true;
+    /* <err> is "field.path: reason": name the field from the route down */
+    char *sep = strstr(err, ": ");
+    char q[PATHLEN];
+    if (sep) {
+        *sep = '\0';
+        pathf(q, "%s.%s", path, err);
+        berr(c, q, "%s", sep + 2);
+    } else {
+        berr(c, path, "%s", err);
+    }
+    return false;
 }
 
 static bool
@@ -832,11 +687,6 @@ parse_route(struct bctx *c, const char *path, const pb_route *r, struct km_dp_ro
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_SAFE_REGEX: {
         out->match = KM_DP_MATCH_REGEX;
         out->path = km_xstrdup(m->safe_regex && m->safe_regex->regex ? m->safe_regex->regex : "");
-        char q[PATHLEN];
-        pathf(q, "%s.safe_regex", p);
-        out->regex = compile_regex(c, q, out->path, !out->case_sensitive);
-        if (!out->regex)
-            ok = false;
         break;
     }
     default:
@@ -1000,7 +850,8 @@ parse_rc(struct bctx *c, const char *base, const pb_rc *rc, struct km_dp_route_c
         v->routes = km_xcalloc(vh->n_routes ? vh->n_routes : 1, sizeof(*v->routes));
         for (size_t j = 0; j < vh->n_routes; j++) {
             pathf(p, "%svirtual_hosts[%zu].routes[%zu]", base, i, j);
-            if (!parse_route(c, p, vh->routes[j], &v->routes[v->nroutes++]))
+            if (!parse_route(c, p, vh->routes[j], &v->routes[v->nroutes++]) ||
+                !compile_route(c, p, &v->routes[v->nroutes - 1]))
                 ok = false;
         }
     }
