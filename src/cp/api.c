@@ -914,6 +914,12 @@ put_create(struct api_ctx *c, struct km_resource *r, const struct km_labels_ctx 
         resp_store_error(c->out, rc, title);
         return;
     }
+    if (r->type == km_registry_mesh()) {
+        /* Like Kuma: a new mesh gets its dataplane token signing key at once. */
+        char err[256];
+        if (km_tokens_ensure_signing_key(c->cp->store, r->name, err, sizeof(err)) != 0)
+            km_log_warn("tokens", "mesh %s: dataplane token signing key: %s", r->name, err);
+    }
     resp_set(c->out, 201, json_object());
     add_warnings(c, r);
 }

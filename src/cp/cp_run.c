@@ -14,6 +14,7 @@
 #include <km/common/tlsgen.h>
 #include <km/cp/cp.h>
 #include <km/cp/dp_server.h>
+#include <km/cp/tokens.h>
 
 int
 km_listen_tcp(const char *iface, int port, const char *what, char *err, size_t errlen)
@@ -167,6 +168,27 @@ ensure_default_mesh(struct km_cp *cp)
     km_resource_free(m);
 }
 
+/* The user token signing key and admin token, and a dataplane token signing key for every
+ * existing mesh (meshes created later get theirs from the API, see api.c). Failures are logged:
+ * the control plane still serves everything but token issuing. */
+static void
+ensure_signing_keys(struct km_cp *cp)
+{
+    char err[256];
+    if (cp->cfg->api_server.bootstrap_admin_token &&
+        km_tokens_bootstrap(cp->store, err, sizeof(err)) != 0)
+        km_log_warn("tokens", "user token signing key and admin token: %s", err);
+    struct km_resource_list meshes;
+    km_resource_list_init(&meshes);
+    if (km_store_list(cp->store, km_registry_mesh(), NULL, &meshes) == 0)
+        for (size_t i = 0; i < meshes.n; i++)
+            if (km_tokens_ensure_signing_key(cp->store, meshes.items[i]->name, err,
+                                             sizeof(err)) != 0)
+                km_log_warn("tokens", "mesh %s: dataplane token signing key: %s",
+                            meshes.items[i]->name, err);
+    km_resource_list_deinit(&meshes);
+}
+
 int
 km_cp_run(struct km_cp_config *cfg)
 {
@@ -221,6 +243,7 @@ km_cp_run(struct km_cp_config *cfg)
     cp.store->on_event = on_store_event;
     cp.store->event_ctx = &cp;
     ensure_default_mesh(&cp);
+    ensure_signing_keys(&cp);
 
     if (km_dp_server_start(cp.dp, err, sizeof(err)) != 0 ||
         km_diag_start(&cp, err, sizeof(err)) != 0 || km_api_start(&cp, err, sizeof(err)) != 0)

@@ -199,7 +199,10 @@ def start_cp(binary, workdir, seed=None, attempts=3):
     <seed> (a YAML file) is offered through KM_CP_SEED_FILE: a kuma-cp that supports it
     loads the documents straight into its store at start, as Kuma's own tests do."""
     last = None
-    env = {"KUMA_DEFAULTS_SKIP_MESH_CREATION": "true", "KUMA_STORE_TYPE": "memory"}
+    env = {"KUMA_DEFAULTS_SKIP_MESH_CREATION": "true", "KUMA_STORE_TYPE": "memory",
+           # an empty store: no admin token and signing key either (Kuma's own API tests
+           # run without them)
+           "KUMA_API_SERVER_AUTHN_TOKENS_BOOTSTRAP_ADMIN_TOKEN": "false"}
     if seed:
         env["KM_CP_SEED_FILE"] = str(seed)
     for i in range(attempts):

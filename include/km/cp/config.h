@@ -49,6 +49,7 @@ struct km_cp_config {
             char *tls_key_file;  /* apiServer.https.tlsKeyFile */
         } https;
         bool read_only;    /* apiServer.readOnly, false */
+        bool bootstrap_admin_token; /* apiServer.authn.tokens.bootstrapAdminToken, true */
         int64_t max_body_bytes; /* not a Kuma key: fixed 1 MiB limit, see config.c */
     } api_server;
 
