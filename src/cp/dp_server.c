@@ -8,7 +8,15 @@
  * resource), and only the types whose content changed are pushed. Per type a stream keeps
  * what it subscribed to, what was sent (version and nonce) and what the proxy ACKed or NACKed,
  * as Envoy's protocol defines: a NACK keeps the last good config on the proxy and nothing is
- * re-sent until the content changes. Proxy state goes to the store as DataplaneInsight. */
+ * re-sent until the content changes. Proxy state goes to the store as DataplaneInsight.
+ *
+ * mTLS. When a mesh has an enabled mtls backend, loading its view also loads its CA
+ * (src/cp/mesh_ca.c: a builtin root is created in the store on first use) into a cache kept
+ * on this thread. Each stream of a registered Dataplane holds its own identity certificate,
+ * issued at regeneration when it has none, when the CA or the Dataplane's tags (its SPIFFE
+ * and kuma:// SANs) or dpCert.rotation.expiration changed, or when 4/5 of its lifetime has
+ * passed (a 1 s timer finds those). A new certificate only changes the identity Secret, so
+ * only SDS is re-pushed. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -27,8 +35,11 @@
 #include <km/cp/bootstrap.h>
 #include <km/cp/cp.h>
 #include <km/cp/dp_server.h>
+#include <km/cp/mesh_ca.h>
 #include <km/cp/xds_gen.h>
 #include <km/cp/xds_types.h>
+
+#include <openssl/crypto.h>
 
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 
@@ -38,6 +49,8 @@
 #define INSIGHT_FLUSH_MS   1000
 #define MAX_SUBSCRIPTIONS  5   /* kept in a DataplaneInsight */
 #define MAX_NAMES          10000 /* resource names one stream may subscribe to per type */
+#define CERT_TICK_MS       1000  /* how often rotation points are checked */
+#define CERT_RETRY_S       10    /* after a failed issuance or CA load */
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
 typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
@@ -108,6 +121,19 @@ struct xconn {
     bool insight_dirty;
     uint64_t generation;
     struct strset deps; /* services its config was made from (cluster and listener names) */
+    /* mTLS identity of this proxy (a Dataplane in a mesh with mTLS), else all empty */
+    char *cert_pem, *key_pem;  /* owned */
+    char *cert_ident;          /* owned: its URI SANs, to see when the tags change */
+    char *cert_backend;        /* owned: the CA backend that issued it */
+    json_t *cert_backends;     /* owned: names of the mesh's mtls backends */
+    uint64_t cert_ca_gen;      /* generation of the CA that issued it */
+    int64_t cert_validity_s;   /* dpCert.rotation.expiration it was issued with */
+    int64_t cert_not_after;    /* Unix seconds */
+    int64_t cert_rotate_at;    /* Unix seconds: 4/5 of its lifetime */
+    int64_t cert_issued_us;
+    bool cert_wanted;          /* mTLS is on but it has no certificate yet (retry) */
+    int64_t cert_retry_at;     /* Unix seconds */
+    unsigned cert_pending;     /* issuances not yet counted in the DataplaneInsight */
 };
 
 struct offline {
@@ -134,6 +160,11 @@ struct mesh_ctx {
     const struct km_resource **pptrs;
     struct km_xds_mesh_index *ix; /* owned; built once per load */
     bool ok;
+    bool mtls;                    /* Mesh.mtls has an enabled backend */
+    int64_t dp_cert_validity_s;   /* its dpCert.rotation.expiration */
+    const struct km_mesh_ca *ca;  /* borrowed from the CA cache (replaced only by the next load
+                                     of this mesh); NULL when mTLS is off or the CA failed */
+    json_t *backends;             /* owned: names of every mtls backend */
 };
 
 struct km_dp_server {
@@ -154,6 +185,8 @@ struct km_dp_server {
     size_t noffline;
     struct mesh_ctx **meshes; /* owned: cached mesh views, dropped when the mesh changes */
     size_t nmeshes;
+    struct km_mesh_ca_cache *cas; /* owned: loaded CA per mesh (this thread only) */
+    struct km_timer *cert_timer;  /* rotation check */
 };
 
 static uint64_t
@@ -444,6 +477,39 @@ mark_dirty_dp(struct km_dp_server *s, const char *mesh, const char *name)
     strset_free(&svcs);
 }
 
+/* Mesh.mtls of the loaded Mesh and its CA (created in the store for a builtin backend). */
+static void
+mesh_ctx_load_ca(struct km_dp_server *s, struct mesh_ctx *mc)
+{
+    const json_t *spec = mc->mesh_res ? mc->mesh_res->spec : NULL;
+    struct km_mesh_mtls m;
+    struct km_errs e;
+
+    km_errs_init(&e);
+    mc->backends = json_array();
+    if (km_mesh_mtls_parse(spec, &m, &e) == 0 && m.enabled) {
+        mc->mtls = true;
+        mc->dp_cert_validity_s = m.dp_cert_validity_s;
+        const json_t *bs = json_object_get(json_object_get(spec, "mtls"), "backends");
+        for (size_t i = 0; i < json_array_size(bs); i++) {
+            const json_t *n = json_object_get(json_array_get(bs, i), "name");
+            if (json_is_string(n))
+                json_array_append_new(mc->backends, json_string(json_string_value(n)));
+        }
+    }
+    km_errs_deinit(&e);
+    km_errs_init(&e);
+    if (km_mesh_ca_cache_get(s->cas, s->cp->store, mc->mesh, spec, &mc->ca, &e) != 0) {
+        char *msg = km_errs_join(&e);
+        km_log_warn("xds", "mesh %s: mTLS CA unavailable%s: %s", mc->mesh,
+                    mc->ca ? " (keeping the previous one)" : "", msg);
+        free(msg);
+    }
+    km_errs_deinit(&e);
+    if (!mc->mtls)
+        mc->ca = NULL;
+}
+
 static void
 mesh_ctx_load(struct km_dp_server *s, struct mesh_ctx *mc, const char *mesh)
 {
@@ -473,6 +539,7 @@ mesh_ctx_load(struct km_dp_server *s, struct mesh_ctx *mc, const char *mesh)
     mc->pptrs = km_xcalloc(mc->pols.n + 1, sizeof(*mc->pptrs));
     for (size_t i = 0; i < mc->pols.n; i++)
         mc->pptrs[i] = mc->pols.items[i];
+    mesh_ctx_load_ca(s, mc);
     mc->ok = true;
 }
 
@@ -486,6 +553,7 @@ mesh_ctx_free(struct mesh_ctx *mc)
     free(mc->ptrs);
     km_resource_list_deinit(&mc->pols);
     free(mc->pptrs);
+    json_decref(mc->backends);
 }
 
 /* The cached view of <mesh>, loaded on first use; NULL when the store cannot be read. */
@@ -536,6 +604,131 @@ mesh_ctx_dp(const struct mesh_ctx *mc, const char *name)
 }
 
 static void conn_push_all(struct xconn *c, int force_type);
+static void insight_touch(struct xconn *c);
+
+/* ---- proxy identity certificates ---- */
+
+static void
+free_key(char *key)
+{
+    if (key) {
+        OPENSSL_cleanse(key, strlen(key));
+        free(key);
+    }
+}
+
+static void
+conn_cert_clear(struct xconn *c)
+{
+    free(c->cert_pem);
+    free_key(c->key_pem);
+    free(c->cert_ident);
+    free(c->cert_backend);
+    json_decref(c->cert_backends);
+    c->cert_pem = c->key_pem = c->cert_ident = c->cert_backend = NULL;
+    c->cert_backends = NULL;
+    c->cert_ca_gen = 0;
+    c->cert_wanted = false;
+}
+
+/* The identity (URI SANs, one per line) of Dataplane <dp> in <mesh>, or NULL with errors. */
+static char *
+dp_identity(const char *mesh, const struct km_resource *dp, struct km_errs *e)
+{
+    struct km_tag *tags = NULL;
+    size_t ntags = km_ca_dataplane_tags(dp->spec, &tags);
+    struct km_identity id = {.mesh = mesh, .tags = tags, .ntags = ntags};
+    char **sans = NULL;
+    struct km_sbuf b;
+
+    if (km_ca_identity_sans(&id, &sans, e) < 0) {
+        free(tags);
+        return NULL;
+    }
+    km_sbuf_init(&b);
+    for (size_t i = 0; sans[i]; i++)
+        km_sbuf_printf(&b, "%s\n", sans[i]);
+    km_ca_sans_free(sans);
+    free(tags);
+    return km_sbuf_take(&b);
+}
+
+/* Makes the certificate of <c> current before its config is generated: issues one when mTLS is
+ * on and it has none, or the CA, the Dataplane's identity or the validity setting changed, or
+ * its rotation point passed; drops it when mTLS is off. */
+static void
+conn_cert_refresh(struct xconn *c, const struct mesh_ctx *mc, const struct km_resource *dp)
+{
+    int64_t now = km_now_us() / 1000000;
+    struct km_errs e;
+    char *ident, *cert = NULL, *key = NULL;
+
+    if (!mc->mtls || dp == NULL) {
+        if (c->cert_pem || c->cert_wanted)
+            conn_cert_clear(c);
+        return;
+    }
+    if (mc->ca == NULL) {
+        /* the CA of the mesh could not be loaded: no identity (traffic fails closed); the
+         * tick reloads the mesh to retry */
+        if (c->cert_pem)
+            conn_cert_clear(c);
+        if (c->cert_retry_at <= now)
+            c->cert_retry_at = now + CERT_RETRY_S;
+        c->cert_wanted = true;
+        return;
+    }
+    km_errs_init(&e);
+    ident = dp_identity(c->mesh, dp, &e);
+    if (ident == NULL)
+        goto fail;
+    if (c->cert_pem && c->cert_ca_gen == mc->ca->generation && strcmp(c->cert_ident, ident) == 0 &&
+        c->cert_validity_s == mc->dp_cert_validity_s && now < c->cert_rotate_at) {
+        free(ident);
+        km_errs_deinit(&e);
+        return;
+    }
+    struct km_tag *tags = NULL;
+    size_t ntags = km_ca_dataplane_tags(dp->spec, &tags);
+    struct km_identity id = {.mesh = c->mesh, .tags = tags, .ntags = ntags};
+    int rc = km_ca_issue_with(mc->ca->ca, &id, mc->dp_cert_validity_s, &cert, &key, &e);
+    free(tags);
+    if (rc != 0) {
+        free(ident);
+        goto fail;
+    }
+    int64_t nb = 0, na = 0;
+    km_ca_cert_validity(cert, &nb, &na);
+    conn_cert_clear(c);
+    c->cert_pem = cert;
+    c->key_pem = key;
+    c->cert_ident = ident;
+    c->cert_backend = km_xstrdup(mc->ca->backend);
+    c->cert_backends = json_deep_copy(mc->backends);
+    c->cert_ca_gen = mc->ca->generation;
+    c->cert_validity_s = mc->dp_cert_validity_s;
+    c->cert_not_after = na;
+    c->cert_rotate_at = km_ca_rotation_time(nb, na);
+    c->cert_issued_us = km_now_us();
+    c->cert_pending++;
+    insight_touch(c);
+    km_log_info("xds", "%s.%s: issued an identity certificate by CA backend %s, valid %" PRId64
+                "s, rotation in %" PRId64 "s", c->mesh, c->name, mc->ca->backend, na - now,
+                c->cert_rotate_at - now);
+    km_errs_deinit(&e);
+    return;
+fail:;
+    char *msg = km_errs_join(&e);
+    km_log_warn("xds", "%s.%s: cannot issue an identity certificate (retry in %ds): %s", c->mesh,
+                c->name, CERT_RETRY_S, msg);
+    free(msg);
+    km_errs_deinit(&e);
+    /* a previous certificate is kept while it is valid */
+    if (c->cert_pem && now >= c->cert_not_after)
+        conn_cert_clear(c);
+    c->cert_wanted = true;
+    c->cert_retry_at = now + CERT_RETRY_S;
+}
 
 /* Recomputes the snapshot of <c>; returns true when any type changed. */
 static bool
@@ -543,11 +736,16 @@ conn_regen(struct xconn *c, const struct mesh_ctx *mc)
 {
     struct km_dp_server *s = c->srv;
     struct type_state *lds = &c->t[KM_XDS_LISTENER];
+    const struct km_resource *dp = mesh_ctx_dp(mc, c->name);
+    conn_cert_refresh(c, mc, dp);
     struct km_xds_proxy_id id = {.mesh = c->mesh,
                                  .name = c->name,
-                                 .dataplane = mesh_ctx_dp(mc, c->name),
+                                 .dataplane = dp,
                                  .requested_listeners = (const char *const *)lds->names,
-                                 .nrequested_listeners = lds->wildcard ? 0 : lds->nnames};
+                                 .nrequested_listeners = lds->wildcard ? 0 : lds->nnames,
+                                 .cert_pem = c->cert_pem,
+                                 .key_pem = c->key_pem,
+                                 .ca_pem = mc->ca ? mc->ca->cert_pem : NULL};
     struct km_xds_resources out;
     km_xds_generate_indexed(mc->ix, &id, &out);
     bool changed = false;
@@ -616,6 +814,37 @@ regen_now(struct km_timer *t, void *arg)
     free(dirty);
 }
 
+/* Every second: streams whose certificate reached its rotation point, or that wait for one,
+ * are regenerated (only their identity Secret changes). A mesh whose CA could not be loaded
+ * is reloaded. */
+static void
+cert_tick(struct km_timer *t, void *arg)
+{
+    struct km_dp_server *s = arg;
+    int64_t now = km_now_us() / 1000000;
+
+    for (struct xconn *c = s->conns; c; c = c->next) {
+        if (!c->identified || !c->stream)
+            continue;
+        bool due = (c->cert_pem && now >= c->cert_rotate_at) ||
+                   (c->cert_wanted && now >= c->cert_retry_at);
+        if (!due)
+            continue;
+        const struct mesh_ctx *mc = mesh_ctx_get(s, c->mesh);
+        if (mc && mc->mtls && mc->ca == NULL) {
+            /* reload the mesh and its CA, then regenerate it all, once for the mesh */
+            for (struct xconn *o = s->conns; o; o = o->next)
+                if (o->identified && strcmp(o->mesh, c->mesh) == 0)
+                    o->cert_retry_at = now + CERT_RETRY_S;
+            mark_dirty(s, c->mesh);
+            continue;
+        }
+        if (mc && conn_regen(c, mc))
+            conn_push_all(c, -1);
+    }
+    km_timer_arm(t, CERT_TICK_MS);
+}
+
 /* ---- insights ---- */
 
 static void
@@ -662,6 +891,30 @@ subscription_json(struct xconn *c, int64_t disconnect_us)
     return sub;
 }
 
+/* Kuma's DataplaneInsight.mTLS: the current certificate, and how many were issued. */
+static void
+insight_mtls(struct xconn *c, json_t *spec)
+{
+    char t1[40], t2[40];
+    const json_t *old = json_object_get(json_object_get(spec, "mTLS"),
+                                        "certificateRegenerations");
+    json_int_t n = json_is_integer(old) ? json_integer_value(old) : 0;
+    if (n < 0 || n > UINT32_MAX)
+        n = 0;
+    n += c->cert_pending;
+    if (n > UINT32_MAX)
+        n = UINT32_MAX; /* a uint32 in Kuma */
+    km_time_format(c->cert_not_after * 1000000, t1, sizeof(t1));
+    km_time_format(c->cert_issued_us, t2, sizeof(t2));
+    json_t *m = json_pack("{s:s, s:s, s:I, s:s, s:O}", "certificateExpirationTime", t1,
+                          "lastCertificateRegeneration", t2, "certificateRegenerations", n,
+                          "issuedBackend", c->cert_backend ? c->cert_backend : "",
+                          "supportedBackends",
+                          c->cert_backends ? c->cert_backends : json_array());
+    if (m)
+        json_object_set_new(spec, "mTLS", m);
+}
+
 /* Writes this stream's subscription into the DataplaneInsight of its proxy. */
 static void
 insight_write(struct xconn *c, int64_t disconnect_us)
@@ -703,10 +956,15 @@ insight_write(struct xconn *c, int64_t disconnect_us)
             while (json_array_size(subs) > MAX_SUBSCRIPTIONS)
                 json_array_remove(subs, 0);
         }
+        unsigned counted = c->cert_pending;
+        if (c->cert_pem)
+            insight_mtls(c, r->spec);
         rc = create ? km_store_create(s->cp->store, r) : km_store_update(s->cp->store, r);
         km_resource_free(r);
-        if (rc == 0)
+        if (rc == 0) {
+            c->cert_pending -= counted;
             return;
+        }
         if (rc != KM_ECONFLICT) {
             km_log_warn("xds", "cannot write insight of %s.%s: %s", c->mesh, c->name,
                         km_strerror(rc));
@@ -983,6 +1241,8 @@ conn_identify(struct xconn *c, const Envoy__Config__Core__V3__Node *node)
     c->name = km_xstrdup(dot + 1);
     c->identified = true;
     c->connect_us = km_now_us();
+    if (!c->srv->cert_timer)
+        c->srv->cert_timer = km_timer_new(c->srv->loop, CERT_TICK_MS, cert_tick, c->srv);
     bool was_offline = offline_index(c->srv, c->mesh, c->name) >= 0;
     offline_set(c->srv, c->mesh, c->name, false);
     km_log_info("xds", "%s.%s connected from %s (%s)", c->mesh, c->name,
@@ -1281,6 +1541,7 @@ ads_close(struct km_grpc_stream *st, void *ud)
         xset_free(s, &c->snap[t]);
     }
     strset_free(&c->deps);
+    conn_cert_clear(c);
     free(c->mesh);
     free(c->name);
     free(c);
@@ -1510,6 +1771,7 @@ km_dp_server_new(struct km_cp *cp, char *err, size_t errlen)
     if (load_cert(s, err, errlen) != 0)
         goto fail;
     s->loop = km_loop_new();
+    s->cas = km_mesh_ca_cache_new();
     return s;
 fail:
     km_dp_server_free(s);
@@ -1566,6 +1828,8 @@ stop_on_loop(void *arg)
     s->grpc = NULL;
     km_timer_free(s->regen_timer);
     s->regen_timer = NULL;
+    km_timer_free(s->cert_timer);
+    s->cert_timer = NULL;
     km_loop_stop(s->loop);
 }
 
@@ -1593,6 +1857,7 @@ km_dp_server_free(struct km_dp_server *s)
     free(s->offline);
     mesh_cache_drop(s, NULL);
     free(s->meshes);
+    km_mesh_ca_cache_free(s->cas);
     free(s->cert_pem);
     free(s->key_pem);
     free(s);

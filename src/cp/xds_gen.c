@@ -1,12 +1,18 @@
-/* xDS configuration generation (Kuma's model, Universal, plaintext): Dataplanes of one mesh in,
- * Envoy v3 resources of one proxy out, as proto3 JSON (snake_case names, Any as "@type",
- * Duration as "5s", wrappers as plain numbers).
+/* xDS configuration generation (Kuma's model, Universal): Dataplanes of one mesh in, Envoy v3
+ * resources of one proxy out, as proto3 JSON (snake_case names, Any as "@type", Duration as
+ * "5s", wrappers as plain numbers).
  *
  * Two steps. A mesh index (built once per mesh snapshot, shareable by every proxy of the mesh)
  * groups the inbounds of all Dataplanes by `kuma.io/service`: the service's protocol and its
  * ready endpoints, deduplicated and in a fixed order. Generation then walks the proxy's own
  * Dataplane (inbound and outbound listeners, local and EDS clusters) and the listener names a
  * proxyless gRPC client asked for (API listener, route, cluster, endpoints).
+ *
+ * mTLS (Mesh.mtls with an enabled backend): sidecars get the Downstream TLS context on every
+ * inbound filter chain (STRICT; PERMISSIVE splits each chain into plaintext, application TLS
+ * and mesh mTLS chains), the Upstream TLS context with Kuma's SNI on every outbound cluster,
+ * and two SDS secrets, their certificate and the mesh's CAs (src/cp/xds_tls.c builds them).
+ * Local clusters to the application and proxyless clients stay plaintext.
  *
  * Determinism: Dataplanes are visited sorted by name, inbounds by index, localities by zone;
  * every JSON object is filled in a fixed order, so the same input gives the same bytes. */
@@ -15,7 +21,9 @@
 #include <string.h>
 
 #include <km/common/util.h>
+#include <km/cp/ca.h>
 #include <km/cp/xds_gen.h>
+#include <km/cp/xds_tls.h>
 
 #define LOG_MOD "xds-gen"
 #define TYPE_PREFIX "type.googleapis.com/"
@@ -436,6 +444,9 @@ struct gen_service {
 struct km_xds_mesh_index {
     struct gen_service *svcs; /* owned, sorted by name */
     size_t nsvcs;
+    char *mesh;               /* owned: the mesh name (trust domain, SDS secret names) */
+    bool mtls;                /* Mesh.mtls has an enabled backend */
+    bool permissive;          /* its mode is PERMISSIVE */
 };
 
 /* One non-ignored inbound with a service, while the index is built. */
@@ -594,6 +605,29 @@ apply_lb_policies(struct km_xds_mesh_index *ix, const struct km_mesh_view *view)
     free(pol);
 }
 
+/* Mesh.mtls of the view's Mesh: enabled backend and mode. A malformed mtls (the validator
+ * rejects it, so only a store edited behind the API's back has one) is logged and ignored. */
+static void
+index_mtls(struct km_xds_mesh_index *ix, const struct km_mesh_view *view)
+{
+    struct km_mesh_mtls m;
+    struct km_errs e;
+
+    ix->mesh = km_xstrdup(view && view->mesh ? view->mesh : "");
+    if (view == NULL || view->mesh_res == NULL || view->mesh == NULL)
+        return;
+    km_errs_init(&e);
+    if (km_mesh_mtls_parse(view->mesh_res->spec, &m, &e) != 0) {
+        char *msg = km_errs_join(&e);
+        km_log_warn(LOG_MOD, "mesh %s: mtls ignored: %s", view->mesh, msg);
+        free(msg);
+    } else if (m.enabled) {
+        ix->mtls = true;
+        ix->permissive = m.mode == KM_MTLS_PERMISSIVE;
+    }
+    km_errs_deinit(&e);
+}
+
 struct km_xds_mesh_index *
 km_xds_mesh_index_new(const struct km_mesh_view *view)
 {
@@ -602,6 +636,7 @@ km_xds_mesh_index_new(const struct km_mesh_view *view)
     struct gen_entry *ents = NULL;
     size_t nents = 0, capents = 0, order = 0, ndps = view ? view->ndataplanes : 0;
 
+    index_mtls(ix, view);
     if (ndps == 0 || view->dataplanes == NULL)
         return ix; /* no services: nothing for policies to apply to */
     dps = km_xcalloc(ndps, sizeof(*dps));
@@ -683,6 +718,7 @@ km_xds_mesh_index_free(struct km_xds_mesh_index *ix)
     for (size_t i = 0; i < ix->nsvcs; i++)
         free(ix->svcs[i].eps);
     free(ix->svcs);
+    free(ix->mesh);
     free(ix);
 }
 
@@ -783,15 +819,25 @@ gen_service_cluster(const struct km_xds_mesh_index *ix, const char *service, boo
     const struct gen_service *svc = index_find(ix, service);
     bool h2 = envoy && svc && proto_is_h2(svc->protocol);
 
-    if (json_object_get(out->by_type[KM_XDS_CLUSTER], service) == NULL)
-        add_resource(out->by_type[KM_XDS_CLUSTER], service,
-                     eds_cluster_json(service, h2, svc ? svc->lb_policy : NULL));
+    if (json_object_get(out->by_type[KM_XDS_CLUSTER], service) == NULL) {
+        json_t *c = eds_cluster_json(service, h2, svc ? svc->lb_policy : NULL);
+        /* sidecars speak mTLS to each other; proxyless clients use their own certificate
+         * providers from the bootstrap */
+        if (envoy && ix && ix->mtls) {
+            struct km_xds_tls_opts o = {.mesh = ix->mesh};
+            char *sni = km_xds_tls_sni(service, ix->mesh, NULL);
+            km_xds_tls_outbound_cluster(c, &o, service, sni);
+            free(sni);
+        }
+        add_resource(out->by_type[KM_XDS_CLUSTER], service, c);
+    }
     if (json_object_get(out->by_type[KM_XDS_ENDPOINT], service) == NULL)
         add_resource(out->by_type[KM_XDS_ENDPOINT], service, cla_json(service, svc));
 }
 
 static void
-gen_inbounds(const struct km_resource *dp, struct km_xds_resources *out)
+gen_inbounds(const struct km_xds_mesh_index *ix, const struct km_resource *dp,
+             struct km_xds_resources *out)
 {
     const json_t *net = json_object_get(dp->spec, "networking");
     const json_t *inbounds = json_object_get(net, "inbound");
@@ -825,11 +871,15 @@ gen_inbounds(const struct km_resource *dp, struct km_xds_resources *out)
         if (in.tags)
             meta = must(json_pack("{s:{s:o}}", "filter_metadata", "io.kuma.tags",
                                   tags_copy(in.tags)));
-        add_resource(out->by_type[KM_XDS_LISTENER], lname,
-                     listener_json(lname, in.ip, in.port, "INBOUND",
-                                   http ? "envoy.filters.network.http_connection_manager"
-                                        : "envoy.filters.network.tcp_proxy",
-                                   filter, meta));
+        json_t *l = listener_json(lname, in.ip, in.port, "INBOUND",
+                                  http ? "envoy.filters.network.http_connection_manager"
+                                       : "envoy.filters.network.tcp_proxy",
+                                  filter, meta);
+        if (ix && ix->mtls) {
+            struct km_xds_tls_opts o = {.mesh = ix->mesh};
+            km_xds_tls_inbound_listener(l, &o, ix->permissive);
+        }
+        add_resource(out->by_type[KM_XDS_LISTENER], lname, l);
         add_resource(out->by_type[KM_XDS_CLUSTER], cname,
                      local_cluster_json(cname, in.workload_ip, in.workload_port,
                                         proto_is_h2(in.protocol)));
@@ -912,6 +962,27 @@ gen_api_listener(const struct km_xds_mesh_index *ix, const char *service,
     gen_service_cluster(ix, service, false, out);
 }
 
+/* SDS: the proxy's identity and the mesh's CAs, when it has them. */
+static void
+gen_secrets(const struct km_xds_mesh_index *ix, const struct km_xds_proxy_id *proxy,
+            struct km_xds_resources *out)
+{
+    json_t *j;
+    char *name;
+
+    if (proxy->cert_pem && proxy->key_pem &&
+        (j = km_xds_tls_identity_secret(ix->mesh, proxy->cert_pem, proxy->key_pem)) != NULL) {
+        name = km_xds_tls_identity_name(ix->mesh);
+        add_resource(out->by_type[KM_XDS_SECRET], name, j);
+        free(name);
+    }
+    if (proxy->ca_pem && (j = km_xds_tls_mesh_ca_secret(ix->mesh, proxy->ca_pem)) != NULL) {
+        name = km_xds_tls_mesh_ca_name(ix->mesh);
+        add_resource(out->by_type[KM_XDS_SECRET], name, j);
+        free(name);
+    }
+}
+
 void
 km_xds_generate_indexed(const struct km_xds_mesh_index *ix, const struct km_xds_proxy_id *proxy,
                         struct km_xds_resources *out)
@@ -921,8 +992,10 @@ km_xds_generate_indexed(const struct km_xds_mesh_index *ix, const struct km_xds_
     if (proxy == NULL)
         return;
     if (proxy->dataplane && proxy->dataplane->spec) {
-        gen_inbounds(proxy->dataplane, out);
+        gen_inbounds(ix, proxy->dataplane, out);
         gen_outbounds(ix, proxy->dataplane, out);
+        if (ix && ix->mtls)
+            gen_secrets(ix, proxy, out);
     }
     for (size_t i = 0; i < proxy->nrequested_listeners && proxy->requested_listeners; i++) {
         const char *name = proxy->requested_listeners[i];

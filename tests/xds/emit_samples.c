@@ -9,7 +9,9 @@
  *     on the wire at least once;
  *   - realistic ones ("<Name>@<label>.bin"): the resources an xDS client really gets (an
  *     ApiListener with HCM, an inbound listener with TcpProxy and TLS, RDS, EDS cluster, CLA,
- *     Secret, Discovery* with those resources in Any).
+ *     Secret, Discovery* with those resources in Any), and ("<Name>@gen-<case>-<type><n>.bin")
+ *     what src/cp/xds_gen.c generates for a sidecar in a mesh with mTLS, STRICT and
+ *     PERMISSIVE, packed by src/common/pbjson.c as the DP server does.
  * Usage: xds-emit-samples <dir>   (also used to write the fuzz seed corpus) */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,7 +20,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
+#include <km/common/errs.h>
 #include <km/common/pb.h>
+#include <km/common/pbjson.h>
+#include <km/cp/resource.h>
+#include <km/cp/xds_gen.h>
+#include <km/cp/xds_types.h>
 
 #include "envoy/config/cluster/v3/cluster.pb-c.h"
 #include "envoy/config/core/v3/core.pb-c.h"
@@ -730,6 +739,96 @@ emit_realistic(void)
     }
 }
 
+/* ---- the generator's mTLS output ---- */
+
+static struct km_resource *
+decode_res(const char *type, const char *text)
+{
+    json_error_t jerr;
+    json_t *doc = json_loads(text, 0, &jerr);
+    struct km_errs e;
+    struct km_resource *r;
+
+    if (!doc) {
+        fprintf(stderr, "xds-emit-samples: bad sample JSON: %s\n", jerr.text);
+        exit(1);
+    }
+    km_errs_init(&e);
+    r = km_resource_decode(doc, km_registry_find(type), &e);
+    if (!r) {
+        fprintf(stderr, "xds-emit-samples: cannot decode a sample %s\n", type);
+        exit(1);
+    }
+    km_errs_deinit(&e);
+    json_decref(doc);
+    return r;
+}
+
+static void
+emit_generated_mtls(const char *label, const char *mode)
+{
+    static const char web[] =
+        "{\"type\": \"Dataplane\", \"mesh\": \"default\", \"name\": \"web-1\", \"networking\": "
+        "{\"address\": \"10.0.0.1\", \"inbound\": [{\"port\": 8080, \"servicePort\": 18080, "
+        "\"tags\": {\"kuma.io/service\": \"web\", \"kuma.io/protocol\": \"http\"}}, {\"port\": "
+        "8081, \"tags\": {\"kuma.io/service\": \"web-tcp\", \"kuma.io/protocol\": \"tcp\"}}], "
+        "\"outbound\": [{\"port\": 33033, \"tags\": {\"kuma.io/service\": \"backend\"}}]}}";
+    static const char backend[] =
+        "{\"type\": \"Dataplane\", \"mesh\": \"default\", \"name\": \"backend-1\", "
+        "\"networking\": {\"address\": \"10.0.0.2\", \"inbound\": [{\"port\": 9090, \"tags\": "
+        "{\"kuma.io/service\": \"backend\", \"kuma.io/protocol\": \"grpc\"}}]}}";
+    char mesh_text[512];
+    struct km_resource *dps[2], *mesh;
+    struct km_xds_resources out;
+    struct km_mesh_view view = {.mesh = "default"};
+    struct km_xds_proxy_id id = {.mesh = "default", .name = "web-1"};
+
+    snprintf(mesh_text, sizeof(mesh_text),
+             "{\"type\": \"Mesh\", \"name\": \"default\", \"mtls\": {\"enabledBackend\": "
+             "\"ca-1\", \"backends\": [{\"name\": \"ca-1\", \"type\": \"builtin\", \"mode\": "
+             "\"%s\"}]}}", mode);
+    mesh = decode_res("Mesh", mesh_text);
+    dps[0] = decode_res("Dataplane", web);
+    dps[1] = decode_res("Dataplane", backend);
+    view.mesh_res = mesh;
+    view.dataplanes = (const struct km_resource *const *)dps;
+    view.ndataplanes = 2;
+    id.dataplane = dps[0];
+    id.cert_pem = "-----BEGIN CERTIFICATE-----\nc2FtcGxl\n-----END CERTIFICATE-----\n";
+    id.key_pem = "-----BEGIN PRIVATE KEY-----\nc2FtcGxl\n-----END PRIVATE KEY-----\n";
+    id.ca_pem = id.cert_pem;
+    km_xds_generate(&view, &id, &out);
+    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
+        const ProtobufCMessageDescriptor *d = km_xds_type_descriptor(t);
+        const char *name;
+        json_t *res;
+        unsigned n = 0;
+
+        json_object_foreach(out.by_type[t], name, res) {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            char err[512], suffix[96];
+            ProtobufCMessage *m;
+
+            if (km_pbjson_encode(d, res, &buf, &len, err, sizeof(err)) != 0) {
+                fprintf(stderr, "xds-emit-samples: %s %s: %s\n", km_xds_type_short[t], name, err);
+                exit(1);
+            }
+            m = protobuf_c_message_unpack(d, NULL, len, buf);
+            if (!m)
+                die("unpack of a generated resource");
+            snprintf(suffix, sizeof(suffix), "@gen-%s-%s%u", label, km_xds_type_short[t], n++);
+            write_msg(m, suffix);
+            protobuf_c_message_free_unpacked(m, NULL);
+            free(buf);
+        }
+    }
+    km_xds_resources_deinit(&out);
+    km_resource_free(dps[0]);
+    km_resource_free(dps[1]);
+    km_resource_free(mesh);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -742,6 +841,9 @@ main(int argc, char **argv)
         die(out_dir);
     emit_generated();
     emit_realistic();
+    km_xds_register_types();
+    emit_generated_mtls("mtls-strict", "STRICT");
+    emit_generated_mtls("mtls-permissive", "PERMISSIVE");
     printf("xds-emit-samples: wrote %d samples (%zu message types) to %s\n", n_written,
            km_pb_all_messages_count, out_dir);
     return 0;

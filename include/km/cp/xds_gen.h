@@ -30,7 +30,10 @@ int km_xds_type_index(const char *type_url);
  * store). Borrowed pointers: the caller keeps them alive during the call. */
 struct km_mesh_view {
     const char *mesh;
-    const struct km_resource *mesh_res;         /* the Mesh, may be NULL */
+    /* The Mesh, may be NULL. Its spec.mtls (an enabled backend and its mode, STRICT or
+     * PERMISSIVE) turns on mTLS between sidecars: TLS transport sockets on inbound listeners
+     * and outbound clusters, and the SDS secrets of km_xds_proxy_id. */
+    const struct km_resource *mesh_res;
     const struct km_resource *const *dataplanes; /* every Dataplane of the mesh */
     size_t ndataplanes;
     /* Dataplanes that must not receive traffic although their inbounds say ready (their
@@ -51,6 +54,14 @@ struct km_xds_proxy_id {
     /* Listener names requested explicitly (proxyless gRPC asks for "<service>" by name). */
     const char *const *requested_listeners;
     size_t nrequested_listeners;
+    /* mTLS of the mesh enabled: the proxy's identity certificate (chain) and key, and the
+     * PEM of the CAs it trusts, all borrowed. A sidecar (with a Dataplane) gets them as the
+     * Secrets "identity_cert:secret:<mesh>" and "mesh_ca:secret:<mesh>"; when NULL (no
+     * certificate could be issued) they are left out while the TLS contexts still refer to
+     * them, so traffic fails closed. Ignored without mTLS and for proxyless clients. */
+    const char *cert_pem;
+    const char *key_pem;
+    const char *ca_pem;
 };
 
 /* Generated resources of one proxy: for each type, a JSON object mapping resource name to
