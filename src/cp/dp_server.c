@@ -530,11 +530,16 @@ mesh_ctx_load(struct km_dp_server *s, struct mesh_ctx *mc, const char *mesh)
     for (size_t i = 0; i < mc->dps.n; i++)
         mc->ptrs[i] = mc->dps.items[i];
     km_resource_list_init(&mc->pols);
-    rc = km_store_list(s->cp->store, km_registry_find("MeshLoadBalancingStrategy"), mesh,
-                       &mc->pols);
-    if (rc) {
-        km_log_warn("xds", "cannot list policies of mesh %s: %s", mesh, km_strerror(rc));
-        return;
+    /* The policies the generator applies. */
+    static const char *const policy_types[] = {"MeshLoadBalancingStrategy", "TrafficPermission",
+                                               "MeshTrafficPermission"};
+    for (size_t i = 0; i < KM_ARRAY_LEN(policy_types); i++) {
+        rc = km_store_list(s->cp->store, km_registry_find(policy_types[i]), mesh, &mc->pols);
+        if (rc) {
+            km_log_warn("xds", "cannot list %s of mesh %s: %s", policy_types[i], mesh,
+                        km_strerror(rc));
+            return;
+        }
     }
     mc->pptrs = km_xcalloc(mc->pols.n + 1, sizeof(*mc->pptrs));
     for (size_t i = 0; i < mc->pols.n; i++)

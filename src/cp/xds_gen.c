@@ -23,6 +23,7 @@
 #include <km/common/util.h>
 #include <km/cp/ca.h>
 #include <km/cp/xds_gen.h>
+#include <km/cp/xds_rbac.h>
 #include <km/cp/xds_tls.h>
 
 #define LOG_MOD "xds-gen"
@@ -447,6 +448,8 @@ struct km_xds_mesh_index {
     char *mesh;               /* owned: the mesh name (trust domain, SDS secret names) */
     bool mtls;                /* Mesh.mtls has an enabled backend */
     bool permissive;          /* its mode is PERMISSIVE */
+    const struct km_resource *const *policies; /* borrowed from the view (RBAC per inbound) */
+    size_t npolicies;
 };
 
 /* One non-ignored inbound with a service, while the index is built. */
@@ -637,6 +640,10 @@ km_xds_mesh_index_new(const struct km_mesh_view *view)
     size_t nents = 0, capents = 0, order = 0, ndps = view ? view->ndataplanes : 0;
 
     index_mtls(ix, view);
+    if (view) {
+        ix->policies = view->policies;
+        ix->npolicies = view->npolicies;
+    }
     if (ndps == 0 || view->dataplanes == NULL)
         return ix; /* no services: nothing for policies to apply to */
     dps = km_xcalloc(ndps, sizeof(*dps));
@@ -876,6 +883,18 @@ gen_inbounds(const struct km_xds_mesh_index *ix, const struct km_resource *dp,
                                        : "envoy.filters.network.tcp_proxy",
                                   filter, meta);
         if (ix && ix->mtls) {
+            /* Traffic permissions are enforced on the caller's certificate: an RBAC filter
+             * first in the chain (no permission that matches denies). */
+            char *prefix = km_xasprintf("inbound_%s_%u.", in.ip, in.port);
+            json_t *rbac = km_rbac_inbound_filter(ix->mesh, dp, i, prefix, ix->policies,
+                                                  ix->npolicies, NULL, NULL);
+            free(prefix);
+            json_t *filters = json_object_get(
+                json_array_get(json_object_get(l, "filter_chains"), 0), "filters");
+            if (rbac && json_is_array(filters))
+                json_array_insert_new(filters, 0, rbac);
+            else
+                json_decref(rbac);
             struct km_xds_tls_opts o = {.mesh = ix->mesh};
             km_xds_tls_inbound_listener(l, &o, ix->permissive);
         }

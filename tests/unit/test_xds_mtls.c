@@ -464,6 +464,8 @@ KM_TEST(xds_mtls_malformed_mesh_is_ignored)
 
 /* ---- every generated resource packs with our .proto subset and decodes back the same ---- */
 
+/* What proto3 does not put on the wire: empty lists and maps, and the RBAC action ALLOW
+ * (the enum's zero value). */
 static void
 drop_empty_arrays(json_t *j)
 {
@@ -474,7 +476,10 @@ drop_empty_arrays(json_t *j)
 
     if (json_is_object(j)) {
         json_object_foreach_safe(j, tmp, k, v) {
-            if (json_is_array(v) && json_array_size(v) == 0)
+            if ((json_is_array(v) && json_array_size(v) == 0) ||
+                (strcmp(k, "policies") == 0 && json_is_object(v) && json_object_size(v) == 0) ||
+                (strcmp(k, "action") == 0 && json_is_string(v) &&
+                 strcmp(json_string_value(v), "ALLOW") == 0))
                 json_object_del(j, k);
             else
                 drop_empty_arrays(v);
