@@ -20,7 +20,7 @@ trap cleanup EXIT
 port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api=$(port); diag=$(port); dp=$(port); plain=$(port)
 KUMA_API_SERVER_HTTP_PORT=$api KUMA_DIAGNOSTICS_SERVER_PORT=$diag KUMA_DP_SERVER_PORT=$dp \
-KUMA_DP_SERVER_PLAINTEXT_PORT=$plain KUMA_API_SERVER_HTTPS_ENABLED=false \
+KUMA_DP_SERVER_PLAINTEXT_PORT=$plain KUMA_API_SERVER_HTTPS_ENABLED=false KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none \
 KUMA_GENERAL_WORK_DIR=$tmp "$bin/kuma-cp" run --log-level ${CP_LOG:-warn} >"$tmp/cp.log" 2>&1 &
 cp_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$diag/ready" >/dev/null && break; sleep 0.1; done

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #include <km/cp/bootstrap.h>
 #include <km/cp/cp.h>
 #include <km/cp/dp_server.h>
+#include <km/cp/tokens.h>
 #include <km/cp/mesh_ca.h>
 #include <km/cp/xds_gen.h>
 #include <km/cp/xds_types.h>
@@ -1214,6 +1216,41 @@ conn_fail(struct xconn *c, int status, const char *fmt, ...)
         km_grpc_stream_finish(c->stream, status, msg);
 }
 
+/* dpServer.authn.dpProxy.type dpToken: the stream's "authorization" metadata must hold a valid
+ * dataplane token (signature by kid, expiry, revocation) for this Dataplane (name, mesh, tags).
+ * Returns false when the stream was refused. */
+static bool
+conn_authenticate(struct xconn *c, const char *mesh, const char *name)
+{
+    if (strcmp(c->srv->cp->cfg->dp_server.authn_dp_proxy_type, "dpToken") != 0)
+        return true;
+    const char *auth = km_grpc_stream_header(c->stream, "authorization");
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+        auth += 7;
+    if (!auth || !*auth) {
+        conn_fail(c, KM_GRPC_UNAUTHENTICATED,
+                  "authentication failed: the stream carries no dataplane token (\"authorization\" "
+                  "metadata); generate one with 'kumactl generate dataplane-token'");
+        return false;
+    }
+    struct km_resource *dp = NULL;
+    int rc = km_store_get(c->srv->cp->store, km_registry_find("Dataplane"), mesh, name, &dp);
+    if (rc) {
+        conn_fail(c, rc == KM_ENOTFOUND ? KM_GRPC_UNAUTHENTICATED : KM_GRPC_UNAVAILABLE,
+                  "authentication failed: dataplane %s.%s %s", mesh, name,
+                  rc == KM_ENOTFOUND ? "is not registered" : "cannot be read from the store");
+        return false;
+    }
+    char err[512];
+    rc = km_token_authenticate_dataplane(c->srv->cp->store, auth, dp, err, sizeof(err));
+    km_resource_free(dp);
+    if (rc != 0) {
+        conn_fail(c, KM_GRPC_UNAUTHENTICATED, "authentication failed: %s", err);
+        return false;
+    }
+    return true;
+}
+
 /* Handles the node of the first request: "<mesh>.<name>". Returns false when the stream was
  * refused. */
 static bool
@@ -1239,6 +1276,10 @@ conn_identify(struct xconn *c, const Envoy__Config__Core__V3__Node *node)
                   rc == KM_ENOTFOUND ? "mesh \"%s\" of node.id does not exist"
                                      : "mesh \"%s\": store unavailable",
                   mesh);
+        free(mesh);
+        return false;
+    }
+    if (!conn_authenticate(c, mesh, dot + 1)) {
         free(mesh);
         return false;
     }
@@ -1602,9 +1643,34 @@ handle_bootstrap(const struct km_http_request *req, struct km_http_response *res
         goto out;
     }
     const struct km_cp_config *cfg = s->cp->cfg;
-    if (strcmp(cfg->dp_server.authn_dp_proxy_type, "dpToken") == 0 && (!br.token || !*br.token))
-        km_log_debug("bootstrap", "%s.%s: no dataplane token (tokens are not verified yet)",
-                     br.mesh, br.name);
+    if (strcmp(cfg->dp_server.authn_dp_proxy_type, "dpToken") == 0) {
+        if (!br.token || !*br.token) {
+            http_error(resp, 422, "Invalid bootstrap request",
+                       "Dataplane Token is required. Generate token using 'kumactl generate "
+                       "dataplane-token > /path/file' and provide it via "
+                       "--dataplane-token-file=/path/file argument to Kuma DP",
+                       NULL);
+            goto out;
+        }
+        /* Check it against the Dataplane it registers (or the one already stored). */
+        struct km_resource *stored = NULL;
+        const struct km_resource *dp = br.dataplane;
+        if (!dp && km_store_get(s->cp->store, km_registry_find("Dataplane"), br.mesh, br.name,
+                                &stored) == 0)
+            dp = stored;
+        char terr[512];
+        int trc = dp ? km_token_authenticate_dataplane(s->cp->store, br.token, dp, terr,
+                                                       sizeof(terr))
+                     : km_token_verify_dataplane(s->cp->store, br.token, br.mesh, br.name, NULL,
+                                                 terr, sizeof(terr));
+        km_resource_free(stored);
+        if (trc != 0) {
+            char *d = km_xasprintf("authentication failed: %s", terr);
+            http_error(resp, 401, "Unauthenticated", d, NULL);
+            free(d);
+            goto out;
+        }
+    }
     struct km_resource *m = NULL;
     int rc = km_store_get(s->cp->store, km_registry_mesh(), "", br.mesh, &m);
     km_resource_free(m);

@@ -111,6 +111,8 @@ class KumaCp:
             "KUMA_INTER_CP_SERVER_PORT": str(ports["intercp"]),
             "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(ports["kds"]),
             "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT": str(ports["mads"]),
+            # proxies in most tests carry no dataplane token; token tests set dpToken
+            "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE": "none",
         }
         for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
             if k in os.environ:

@@ -12,6 +12,7 @@
 #include <km/common/util.h>
 #include <km/cp/cp.h>
 #include <km/cp/dp_server.h>
+#include <km/cp/tokens.h>
 
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "test.h"
@@ -75,6 +76,8 @@ fixture_start(struct fixture *f)
     f->cfg.dp_server.port = free_port();
     f->plain_port = free_port();
     f->cfg.dp_server.plaintext_port = f->plain_port;
+    free(f->cfg.dp_server.authn_dp_proxy_type);
+    f->cfg.dp_server.authn_dp_proxy_type = km_xstrdup("none");
     f->cp.cfg = &f->cfg;
     f->cp.api_fd = f->cp.diag_fd = f->cp.https_fd = -1;
     strcpy(f->cp.hostname, "test");
@@ -145,15 +148,22 @@ cl_close(struct km_grpc_call *c, int status, const char *message, void *ud)
 }
 
 static void
-client_open(struct client *cl, int port, bool delta)
+client_open_auth(struct client *cl, int port, bool delta, const char *token)
 {
     memset(cl, 0, sizeof(*cl));
     cl->delta = delta;
     cl->loop = km_loop_new();
     cl->conn = km_grpc_client_new(cl->loop, "127.0.0.1", port, false, NULL);
     struct km_grpc_call_cbs cbs = {cl_msg, cl_close, cl};
-    cl->call = km_grpc_call_start(cl->conn, delta ? DELTA : SOTW, NULL, &cbs);
+    const char *hdrs[] = {token ? "authorization" : NULL, token, NULL};
+    cl->call = km_grpc_call_start(cl->conn, delta ? DELTA : SOTW, (const char *const *)hdrs, &cbs);
     ASSERT(cl->call != NULL);
+}
+
+static void
+client_open(struct client *cl, int port, bool delta)
+{
+    client_open_auth(cl, port, delta, NULL);
 }
 
 static void
@@ -415,5 +425,50 @@ KM_TEST(ads_delta_wildcard_cds_reports_removals)
     ASSERT_INT_EQ(d->n_removed_resources, 1);
     ASSERT_STR_EQ(d->removed_resources[0], "backend");
     client_close(&cl);
+    fixture_stop(&f);
+}
+
+KM_TEST(ads_dp_token_required_and_checked)
+{
+    struct fixture f;
+    fixture_start(&f);
+    free(f.cfg.dp_server.authn_dp_proxy_type);
+    f.cfg.dp_server.authn_dp_proxy_type = km_xstrdup("dpToken");
+    char err[256];
+    ASSERT_INT_EQ(km_tokens_ensure_signing_key(f.cp.store, "default", err, sizeof(err)), 0);
+    char *web = NULL, *other = NULL;
+    json_t *tags = json_pack("{s:[s]}", "kuma.io/service", "web");
+    ASSERT_INT_EQ(km_token_issue_dataplane(f.cp.store, "default", "web-1", tags, "dataplane", NULL,
+                                           3600, &web, err, sizeof(err)),
+                  0);
+    ASSERT_INT_EQ(km_token_issue_dataplane(f.cp.store, "default", "backend-1", NULL, "dataplane",
+                                           NULL, 3600, &other, err, sizeof(err)),
+                  0);
+    json_decref(tags);
+    const struct {
+        const char *token, *status_text;
+    } refused[] = {
+        {NULL, "no dataplane token"},
+        {"not-a-jwt", "authentication failed"},
+        {other, "authentication failed"}, /* a token of another Dataplane */
+    };
+    for (size_t i = 0; i < KM_ARRAY_LEN(refused); i++) {
+        struct client cl;
+        client_open_auth(&cl, f.plain_port, false, refused[i].token);
+        send_sotw(&cl, "default.web-1", T_CDS, NULL, NULL, NULL, NULL, 0);
+        wait_responses(&cl, 1, 3000);
+        ASSERT(cl.closed);
+        ASSERT_INT_EQ(cl.status, KM_GRPC_UNAUTHENTICATED);
+        ASSERT_STR_CONTAINS(cl.message, refused[i].status_text);
+        client_close(&cl);
+    }
+    struct client cl;
+    client_open_auth(&cl, f.plain_port, false, web);
+    send_sotw(&cl, "default.web-1", T_CDS, NULL, NULL, NULL, NULL, 0);
+    ASSERT(wait_responses(&cl, 1, 3000));
+    ASSERT(!cl.closed);
+    client_close(&cl);
+    free(web);
+    free(other);
     fixture_stop(&f);
 }
