@@ -990,9 +990,13 @@ ads_start(struct km_dp_agent *a)
     reset_stream_state(a);
     a->client = km_grpc_client_new(a->loop, a->ads_host, a->ads_port, a->ads_tls,
                                    a->ads_ca_file);
-    static const char *const hdrs[] = {"user-agent", "kuma-dp/" KM_VERSION, NULL};
+    /* The dataplane token goes in the "authorization" metadata of the stream, as Kuma's. */
+    const char *tok = a->cfg->token && *a->cfg->token ? a->cfg->token : NULL;
+    const char *hdrs[] = {"user-agent", "kuma-dp/" KM_VERSION, tok ? "authorization" : NULL, tok,
+                          NULL};
     struct km_grpc_call_cbs cbs = {.on_message = on_message, .on_close = on_close, .ud = a};
-    a->call = km_grpc_call_start(a->client, a->sotw ? ADS_SOTW : ADS_DELTA, hdrs, &cbs);
+    a->call = km_grpc_call_start(a->client, a->sotw ? ADS_SOTW : ADS_DELTA,
+                                 (const char *const *)hdrs, &cbs);
     if (!a->call) {
         const char *why = NULL;
         km_grpc_client_failed(a->client, &why);
