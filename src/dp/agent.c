@@ -36,12 +36,14 @@
 #include <km/cp/xds_gen.h>
 #include <km/cp/xds_types.h>
 #include <km/dp/agent.h>
+#include <km/dp/tls.h>
 
 #include "envoy/config/cluster/v3/cluster.pb-c.h"
 #include "envoy/config/core/v3/core.pb-c.h"
 #include "envoy/config/endpoint/v3/endpoint.pb-c.h"
 #include "envoy/config/listener/v3/listener.pb-c.h"
 #include "envoy/config/route/v3/route.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 
@@ -100,7 +102,7 @@ struct km_dp_agent {
     struct km_io *sig_io;
 };
 
-static const char *const type_short[KM_DP_TYPES] = {"lds", "rds", "cds", "eds"};
+static const char *const type_short[KM_DP_TYPES] = {"lds", "rds", "cds", "eds", "sds"};
 
 static const ProtobufCMessageDescriptor *
 type_desc(int t)
@@ -112,6 +114,8 @@ type_desc(int t)
         return &envoy__config__route__v3__route_configuration__descriptor;
     case KM_DP_CDS:
         return &envoy__config__cluster__v3__cluster__descriptor;
+    case KM_DP_SDS:
+        return &envoy__extensions__transport_sockets__tls__v3__secret__descriptor;
     default:
         return &envoy__config__endpoint__v3__cluster_load_assignment__descriptor;
     }
@@ -503,6 +507,9 @@ resource_name(int t, const uint8_t *bytes, size_t len, char *err, size_t errlen)
     case KM_DP_CDS:
         n = ((Envoy__Config__Cluster__V3__Cluster *)m)->name;
         break;
+    case KM_DP_SDS:
+        n = ((Envoy__Extensions__TransportSockets__Tls__V3__Secret *)m)->name;
+        break;
     default:
         n = ((Envoy__Config__Endpoint__V3__ClusterLoadAssignment *)m)->cluster_name;
     }
@@ -634,6 +641,37 @@ static char **
 wanted_names(const struct km_dp_snapshot *s, int t, size_t *n)
 {
     size_t cap = 0, k = 0;
+    if (t == KM_DP_SDS) {
+        /* the secrets the TLS contexts name: two per cluster and chain at most */
+        for (size_t i = 0; i < s->nlisteners; i++)
+            cap += 2 * s->listeners[i].nchains;
+        cap += 2 * s->nclusters;
+        char **v = km_xcalloc(cap + 1, sizeof(char *));
+        for (size_t i = 0; i < s->nclusters; i++) {
+            const struct km_dp_tls_ctx *tc = s->clusters[i].tls;
+            if (tc) {
+                v[k++] = tc->cert_secret;
+                if (tc->ca_secret)
+                    v[k++] = tc->ca_secret;
+            }
+        }
+        for (size_t i = 0; i < s->nlisteners; i++)
+            for (size_t j = 0; j < s->listeners[i].nchains; j++) {
+                const struct km_dp_tls_ctx *tc = s->listeners[i].chains[j].tls;
+                if (tc) {
+                    v[k++] = tc->cert_secret;
+                    if (tc->ca_secret)
+                        v[k++] = tc->ca_secret;
+                }
+            }
+        qsort(v, k, sizeof(char *), strp_cmp);
+        size_t u = 0;
+        for (size_t i = 0; i < k; i++)
+            if (u == 0 || strcmp(v[u - 1], v[i]) != 0)
+                v[u++] = v[i];
+        *n = u;
+        return v;
+    }
     if (t == KM_DP_EDS) {
         cap = s->nclusters;
     } else {
@@ -685,7 +723,7 @@ update_subscriptions(struct km_dp_agent *a)
 {
     if (!a->snap || !a->call)
         return;
-    static const int types[] = {KM_DP_EDS, KM_DP_RDS};
+    static const int types[] = {KM_DP_EDS, KM_DP_RDS, KM_DP_SDS};
     for (size_t k = 0; k < KM_ARRAY_LEN(types); k++) {
         int t = types[k];
         struct type_state *ts = &a->ts[t];
@@ -1197,6 +1235,9 @@ km_dp_agent_config_dump(const struct km_dp_agent *a)
             const struct km_dp_xds_res *r = &a->held[t].v[i];
             char err[256];
             json_t *j = km_pbjson_decode(type_desc(t), r->bytes, r->len, err, sizeof(err));
+            json_t *tc = t == KM_DP_SDS ? json_object_get(j, "tls_certificate") : NULL;
+            if (json_object_get(tc, "private_key"))
+                json_object_set_new(tc, "private_key", json_string("[redacted]"));
             if (!j)
                 j = json_pack("{s:s}", "error", err);
             json_object_set_new(o, r->name, json_pack("{s:s, s:o}", "version", r->version,

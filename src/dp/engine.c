@@ -8,6 +8,7 @@
 #include <km/common/util.h>
 #include <km/dp/engine.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/rbac.h>
 
 /* ---- published configs ---- */
 
@@ -42,10 +43,15 @@ engine_pub_new(struct km_dp_engine *e, struct km_dp_snapshot *snap)
     }
     p->hst_off[nl] = nchains;
     p->hst = km_xcalloc(nchains ? nchains : 1, sizeof(*p->hst));
+    p->rst = km_xcalloc(nchains ? nchains : 1, sizeof(*p->rst));
     for (size_t i = 0; i < nl; i++) {
         const struct km_dp_listener *l = &snap->listeners[i];
         for (size_t j = 0; j < l->nchains; j++) {
             const struct km_dp_chain *ch = &l->chains[j];
+            if (ch->rbac)
+                p->rst[p->hst_off[i] + j] =
+                    km_dp_stats_ref(e->stats, KM_DP_STAT_RBAC, ch->rbac->stat_prefix,
+                                    NULL);
             if (ch->kind != KM_DP_FILTER_HCM)
                 continue;
             const char *prefix = ch->stat_prefix && *ch->stat_prefix ? ch->stat_prefix : l->name;
@@ -84,8 +90,10 @@ km__dp_pub_unref(struct km_dp_pub *p)
     const struct km_dp_snapshot *s = p->snap;
     for (size_t i = 0; i < s->nlisteners; i++)
         km_dp_stats_unref(st, p->lst[i]);
-    for (size_t i = 0; i < p->hst_off[s->nlisteners]; i++)
+    for (size_t i = 0; i < p->hst_off[s->nlisteners]; i++) {
         km_dp_stats_unref(st, p->hst[i]);
+        km_dp_stats_unref(st, p->rst[i]);
+    }
     for (size_t i = 0; i < s->nclusters; i++) {
         for (size_t j = 0; j < s->clusters[i].neps; j++)
             km_dp_stats_unref(st, p->est[i][j]);
@@ -94,6 +102,7 @@ km__dp_pub_unref(struct km_dp_pub *p)
     }
     free(p->lst);
     free(p->hst);
+    free(p->rst);
     free(p->hst_off);
     free(p->cst);
     free(p->est);

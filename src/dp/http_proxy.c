@@ -154,10 +154,12 @@ struct hconn {
     bool no_pool;                  /* connect afresh (after a stale pooled connection) */
     struct hbuf replay;            /* a bodiless request's upstream head, to resend once when
                                       a pooled connection turns out closed */
+    bool h1_seen;                  /* an HTTP/1 request came: no HTTP/2 preface any more */
 };
 
 static void h_run(struct hconn *c);
 static void h_close(struct km_dp_conn *base);
+static void h_handoff_h2(struct hconn *c);
 
 /* ---- watchers ---- */
 
@@ -398,7 +400,7 @@ h_connect(struct hconn *c, long exclude)
             km_dp_stat_inc(pub->est[c->ci][ei], w->id, KM_DP_ES_RQ_TOTAL);
             return;
         }
-        int fd = km__dp_connect(ep);
+        int fd = km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
         if (fd < 0) {
             km__dp_endpoint_done(pub, w->id, (size_t)c->ci, ei);
             c->ei = -1;
@@ -553,6 +555,7 @@ static void
 h_start(struct hconn *c, const struct km_http1_request *req)
 {
     struct km_dp_worker *w = c->base.w;
+    c->h1_seen = true;
     c->keep_alive = req->keep_alive;
     h_refresh_config(c);
     if (w->draining)
@@ -989,7 +992,17 @@ h_run(struct hconn *c)
                 progress = true;
             }
         }
-        /* 3. the next request */
+        /* 3. the next request (or the HTTP/2 client preface: hand the connection over) */
+        if (!c->active && !c->closing && c->din.len > 0 && !c->h1_seen &&
+            c->base.chain->codec != KM_DP_CODEC_HTTP1) {
+            int pf = km__dp_h2_preface(c->din.p + c->din.off, c->din.len);
+            if (pf > 0 || c->base.chain->codec == KM_DP_CODEC_HTTP2) {
+                h_handoff_h2(c);
+                return;
+            }
+            if (pf == 0 && !c->d_eof)
+                break; /* a prefix of the preface: wait for more */
+        }
         if (!c->active && !c->closing && c->din.len > 0) {
             struct km_http1_request req;
             int st = 0;
@@ -1102,6 +1115,24 @@ h_close(struct km_dp_conn *base)
     hbuf_free(&c->replay);
     km__dp_conn_unlink(base);
     km__dp_pub_unref(base->pub);
+    free(c);
+}
+
+/* HTTP/2 with prior knowledge: http2_proxy.c takes the socket, the bytes read so far and our
+ * place in the worker's list; this connection goes away without closing the socket. */
+static void
+h_handoff_h2(struct hconn *c)
+{
+    km_io_free(c->io);
+    c->io = NULL;
+    km__dp_h2_takeover(&c->base, c->fd, &c->local, c->din.p + c->din.off, c->din.len);
+    km_timer_free(c->timer);
+    hbuf_free(&c->din);
+    hbuf_free(&c->dout);
+    hbuf_free(&c->uin);
+    hbuf_free(&c->uout);
+    hbuf_free(&c->replay);
+    km__dp_pub_unref(c->base.pub);
     free(c);
 }
 

@@ -9,6 +9,7 @@
 
 #include <km/common/util.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/tls.h>
 
 #define LISTENER_BACKLOG      1024
 #define LISTENER_ACCEPT_BATCH 64
@@ -31,8 +32,8 @@ km__dp_chain_select(const struct km_dp_listener *l, const struct sockaddr_storag
     const struct km_dp_chain *any = NULL;
     for (size_t i = 0; i < l->nchains; i++) {
         const struct km_dp_chain *ch = &l->chains[i];
-        /* TLS inspection (SNI, ALPN, transport_protocol) is not done: chains that require a
-         * server name or ALPN never match. */
+        /* Without the first bytes (listeners that need them go through
+         * km_dp_tls_chain_select): chains that require a server name or ALPN never match. */
         if (ch->nserver_names > 0 || ch->nalpn > 0)
             continue;
         if (ch->transport_protocol && strcmp(ch->transport_protocol, "raw_buffer") != 0)
@@ -84,10 +85,20 @@ listener_on_accept(struct km_io *io, int lfd, unsigned events, void *arg)
             close(fd);
             continue;
         }
+        if (km_dp_tls_listener_inspects(l)) {
+            /* chains match on TLS or not, SNI, ALPN: peek at the first bytes (tls.c) */
+            km__dp_tls_accept(w, pub, wl->idx, NULL, fd, listener_port(&local));
+            continue;
+        }
         const struct km_dp_chain *ch = km__dp_chain_select(l, &local);
         if (!ch) {
             km_dp_stat_inc(lst, w->id, KM_DP_LS_NO_CHAIN);
             close(fd);
+            continue;
+        }
+        if (ch->tls) {
+            /* TLS handshake, peer verification and RBAC first (tls.c) */
+            km__dp_tls_accept(w, pub, wl->idx, ch, fd, listener_port(&local));
             continue;
         }
         if (ch->kind == KM_DP_FILTER_TCP_PROXY)

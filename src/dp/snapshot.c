@@ -16,7 +16,9 @@
 #include <km/common/pb.h>
 #include <km/dp/lb.h>
 #include <km/dp/router.h>
+#include <km/dp/rbac.h>
 #include <km/dp/snapshot.h>
+#include <km/dp/tls.h>
 
 #include "envoy/config/cluster/v3/cluster.pb-c.h"
 #include "envoy/config/endpoint/v3/endpoint.pb-c.h"
@@ -24,6 +26,7 @@
 #include "envoy/config/route/v3/route.pb-c.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+#include "envoy/extensions/filters/network/rbac/v3/rbac.pb-c.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
 
@@ -223,6 +226,8 @@ free_chain(struct km_dp_chain *ch)
     free(ch->rds_name);
     free_rc(ch->inline_rc);
     free(ch->inline_rc);
+    km_dp_tls_ctx_free(ch->tls);
+    km_dp_rbac_free(ch->rbac);
 }
 
 static void
@@ -243,6 +248,7 @@ free_cluster(struct km_dp_cluster *c)
     free_eps(c->eps, c->neps);
     free(c->table);
     free(c->ring_hashes);
+    km_dp_tls_ctx_free(c->tls);
 }
 
 static void
@@ -257,6 +263,7 @@ snapshot_free(struct km_dp_snapshot *s)
     for (size_t i = 0; i < s->nroutes; i++)
         free_rc(&s->routes[i]);
     free(s->routes);
+    km_dp_tls_secrets_free(s->secrets, s->nsecrets);
     free(s);
 }
 
@@ -434,6 +441,21 @@ eplist_cmp(const void *a, const void *b)
     return strcmp(((const struct eplist *)a)->name, ((const struct eplist *)b)->name);
 }
 
+/* A TLS transport socket (tls.h); errors name "<resource>.<path>...". */
+static bool
+parse_transport_socket(struct bctx *c, const char *path,
+                       const Envoy__Config__Core__V3__TransportSocket *ts, bool upstream,
+                       struct km_dp_tls_ctx **out)
+{
+    char *base = km_xasprintf("%s.%s", c->res, path);
+    const Google__Protobuf__Any *any = ts->typed_config;
+    *out = km_dp_tls_ctx_parse(ts->name, any ? any->type_url : NULL,
+                               any ? any->value.data : NULL, any ? any->value.len : 0, upstream,
+                               base, c->errs);
+    free(base);
+    return *out != NULL;
+}
+
 static bool
 parse_cluster(struct bctx *c, const pb_cluster *pc, const struct eplist *eds, size_t neds,
               struct km_dp_cluster *out)
@@ -486,11 +508,9 @@ parse_cluster(struct bctx *c, const pb_cluster *pc, const struct eplist *eds, si
         ok = false;
     }
     out->connect_timeout_ms = ct;
-    if (pc->transport_socket) {
-        berr(c, "transport_socket", "%s is not supported (no upstream TLS)",
-             pc->transport_socket->name ? pc->transport_socket->name : "");
+    if (pc->transport_socket && !parse_transport_socket(c, "transport_socket",
+                                                        pc->transport_socket, true, &out->tls))
         ok = false;
-    }
     if (pc->outlier_detection) {
         berr(c, "outlier_detection", "is not supported");
         ok = false;
@@ -1061,12 +1081,10 @@ parse_chain(struct bctx *c, const char *path, const pb_chain *fc, struct km_dp_c
         for (size_t i = 0; i < m->n_application_protocols; i++)
             ch->alpn[ch->nalpn++] = km_xstrdup(m->application_protocols[i]);
     }
-    if (fc->transport_socket) {
-        pathf(p, "%s.transport_socket", path);
-        berr(c, p, "%.100s is not supported (no downstream TLS)",
-             fc->transport_socket->name ? fc->transport_socket->name : "");
+    pathf(p, "%s.transport_socket", path);
+    if (fc->transport_socket &&
+        !parse_transport_socket(c, p, fc->transport_socket, false, &ch->tls))
         ok = false;
-    }
     pathf(p, "%s.filters", path);
     if (fc->n_filters == 0) {
         berr(c, p, "must not be empty");
@@ -1101,6 +1119,23 @@ parse_chain(struct bctx *c, const char *path, const pb_chain *fc, struct km_dp_c
                     : !parse_hcm(c, q, (const pb_hcm *)msg, ch))
                 ok = false;
             km_pb_free(msg);
+            continue;
+        }
+        if (strcmp(type, envoy__extensions__filters__network__rbac__v3__rbac__descriptor.name) == 0 &&
+            !last) {
+            char q[PATHLEN];
+            pathf(q, "%s.typed_config", p);
+            if (ch->rbac) {
+                berr(c, p, "only one RBAC filter per filter chain is supported");
+                ok = false;
+                continue;
+            }
+            char *base = km_xasprintf("%s.%s", c->res, q);
+            ch->rbac = km_dp_rbac_compile(f->typed_config->value.data, f->typed_config->value.len,
+                                          base, c->errs);
+            free(base);
+            if (!ch->rbac)
+                ok = false;
             continue;
         }
         berr(c, p, "network filter \"%.100s\" (%.150s) is not supported", f->name ? f->name : "",
@@ -1257,6 +1292,9 @@ km_dp_snapshot_build(const struct km_dp_xds_set sets[KM_DP_TYPES], uint64_t gene
     char res[300];
     struct bctx c = {.errs = errs, .res = res};
 
+    /* Secrets (SDS) first: the TLS contexts are bound to them at the end. */
+    km_dp_tls_secrets_parse(&sets[KM_DP_SDS], &s->secrets, &s->nsecrets, errs);
+
     /* Endpoints first: clusters copy theirs. */
     const struct km_dp_xds_set *es = &sets[KM_DP_EDS];
     struct eplist *eds = km_xcalloc(es->n ? es->n : 1, sizeof(*eds));
@@ -1349,6 +1387,14 @@ km_dp_snapshot_build(const struct km_dp_xds_set sets[KM_DP_TYPES], uint64_t gene
         snapshot_free(s);
         return NULL;
     }
+    /* TLS contexts: an SSL_CTX each when their secrets are there (missing ones: no TLS yet). */
+    for (size_t i = 0; i < s->nclusters; i++)
+        if (s->clusters[i].tls)
+            km_dp_tls_ctx_bind(s->clusters[i].tls, s->secrets, s->nsecrets);
+    for (size_t i = 0; i < s->nlisteners; i++)
+        for (size_t j = 0; j < s->listeners[i].nchains; j++)
+            if (s->listeners[i].chains[j].tls)
+                km_dp_tls_ctx_bind(s->listeners[i].chains[j].tls, s->secrets, s->nsecrets);
     return s;
 }
 

@@ -23,6 +23,11 @@ static const struct stat_desc stats_listener[KM_DP_LS_N] = {
     [KM_DP_LS_IDLE_TIMEOUT] = {"downstream_cx_idle_timeout", false},
     [KM_DP_LS_OVERFLOW] = {"downstream_cx_overflow", false},
     [KM_DP_LS_NO_CLUSTER] = {"downstream_cx_no_cluster", false},
+    [KM_DP_LS_SSL_HANDSHAKE] = {"ssl.handshake", false},
+    [KM_DP_LS_SSL_ERROR] = {"ssl.connection_error", false},
+    [KM_DP_LS_SSL_FAIL_VERIFY] = {"ssl.fail_verify_error", false},
+    [KM_DP_LS_SSL_FAIL_SAN] = {"ssl.fail_verify_san", false},
+    [KM_DP_LS_SSL_NO_CERT] = {"ssl.fail_verify_no_cert", false},
 };
 
 static const struct stat_desc stats_cluster[KM_DP_CS_N] = {
@@ -39,6 +44,11 @@ static const struct stat_desc stats_cluster[KM_DP_CS_N] = {
     [KM_DP_CS_RQ_4XX] = {"upstream_rq_4xx", false},
     [KM_DP_CS_RQ_5XX] = {"upstream_rq_5xx", false},
     [KM_DP_CS_RQ_TIMEOUT] = {"upstream_rq_timeout", false},
+    [KM_DP_CS_SSL_HANDSHAKE] = {"ssl.handshake", false},
+    [KM_DP_CS_SSL_ERROR] = {"ssl.connection_error", false},
+    [KM_DP_CS_SSL_FAIL_VERIFY] = {"ssl.fail_verify_error", false},
+    [KM_DP_CS_SSL_FAIL_SAN] = {"ssl.fail_verify_san", false},
+    [KM_DP_CS_SSL_REUSED] = {"ssl.session_reused", false},
 };
 
 static const struct stat_desc stats_endpoint[KM_DP_ES_N] = {
@@ -69,6 +79,13 @@ static const struct stat_desc stats_server[KM_DP_SV_N] = {
     [KM_DP_SV_SNAPSHOTS_APPLIED] = {"server.snapshots_applied", false},
 };
 
+static const struct stat_desc stats_rbac[KM_DP_RS_N] = {
+    [KM_DP_RS_ALLOWED] = {"rbac.allowed", false},
+    [KM_DP_RS_DENIED] = {"rbac.denied", false},
+    [KM_DP_RS_SHADOW_ALLOWED] = {"rbac.shadow_allowed", false},
+    [KM_DP_RS_SHADOW_DENIED] = {"rbac.shadow_denied", false},
+};
+
 static const struct {
     const struct stat_desc *d;
     size_t n;
@@ -80,6 +97,7 @@ static const struct {
     [KM_DP_STAT_ENDPOINT] = {stats_endpoint, KM_DP_ES_N, "endpoint", NULL},
     [KM_DP_STAT_HTTP] = {stats_http, KM_DP_HS_N, "http", "envoy_http_conn_manager_prefix"},
     [KM_DP_STAT_SERVER] = {stats_server, KM_DP_SV_N, "", NULL},
+    [KM_DP_STAT_RBAC] = {stats_rbac, KM_DP_RS_N, "", "envoy_rbac_prefix"},
 };
 
 struct km_dp_stats {
@@ -230,6 +248,8 @@ stats_full_name(const struct km_dp_stat_block *b, size_t idx)
     const char *cn = stats_kinds[b->kind].d[idx].name;
     if (b->kind == KM_DP_STAT_SERVER)
         return km_xstrdup(cn);
+    if (b->kind == KM_DP_STAT_RBAC)
+        return km_xasprintf("%s%s", b->name, cn); /* the stat_prefix ends with its own '.' */
     return km_xasprintf("%s.%s.%s", stats_kinds[b->kind].prefix, b->name, cn);
 }
 

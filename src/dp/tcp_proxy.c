@@ -364,13 +364,12 @@ tcp_attempt(struct tcp_conn *c, long exclude)
             tcp_close(&c->base);
             return;
         }
-        const struct km_dp_endpoint *ep = &pub->snap->clusters[c->ci].eps[ei];
         c->ei = ei;
         c->est = pub->est[c->ci][ei];
         c->attempts++;
         km_dp_stat_inc(c->cst, w->id, KM_DP_CS_CX_TOTAL);
         km_dp_stat_inc(c->est, w->id, KM_DP_ES_CX_TOTAL);
-        int fd = km__dp_connect(ep);
+        int fd = km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
         if (fd >= 0) {
             c->u.fd = fd;
             km_dp_stat_inc(c->cst, w->id, KM_DP_CS_CX_ACTIVE);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <km/dp/engine_int.h>
+#include <km/dp/tls.h>
 
 long
 km__dp_cluster_index(const struct km_dp_snapshot *s, const char *name)
@@ -114,4 +115,13 @@ km__dp_connect(const struct km_dp_endpoint *ep)
         return -err;
     }
     return fd;
+}
+
+int
+km__dp_connect_cluster(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, long ei)
+{
+    const struct km_dp_cluster *c = &pub->snap->clusters[ci];
+    if (c->tls)
+        return km__dp_tls_connect(w, pub, ci, ei);
+    return km__dp_connect(&c->eps[ei]);
 }

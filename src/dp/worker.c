@@ -1,16 +1,23 @@
 /* A worker thread: its loop, its listening sockets, its connections, and the messages the main
  * thread posts to it (apply a config, drain, quit). Everything here except the three
  * km__dp_worker_{apply,drain,quit} entry points runs on the worker's own thread. */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <km/common/util.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/tls.h>
 
 static void *
 worker_main(void *arg)
 {
     struct km_dp_worker *w = arg;
+    /* OpenSSL writes to TLS sockets with write(): a peer gone must be EPIPE, not a signal */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     km_loop_run(w->loop);
     return NULL;
 }
@@ -56,6 +63,21 @@ km__dp_conn_unlink(struct km_dp_conn *c)
     atomic_store_explicit(&w->active_cx,
                           atomic_load_explicit(&w->active_cx, memory_order_relaxed) - 1,
                           memory_order_relaxed);
+}
+
+void
+km__dp_conn_replace(struct km_dp_conn *old, struct km_dp_conn *c)
+{
+    c->w = old->w;
+    c->prev = old->prev;
+    c->next = old->next;
+    if (c->prev)
+        c->prev->next = c;
+    else
+        c->w->conns = c;
+    if (c->next)
+        c->next->prev = c;
+    old->prev = old->next = NULL;
 }
 
 /* Asks the connections whose listener is gone from <s> (all when <s> is NULL) to drain. */
@@ -180,6 +202,8 @@ worker_on_quit(void *arg)
     while (w->conns)
         w->conns->close(w->conns);
     km__dp_http_worker_deinit(w);
+    km__dp_h2_worker_deinit(w);
+    km__dp_tls_worker_deinit(w);
     km__dp_pub_unref(w->pub);
     w->pub = NULL;
     km_loop_stop(w->loop);

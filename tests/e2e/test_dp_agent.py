@@ -159,7 +159,7 @@ def test_registers_and_acks(cp, dps, tmp_path, free_port, mode):
     # the admin listener serves the raw xDS resources the agent holds
     st, dump = api("GET", "http://127.0.0.1:%d/config_dump" % admin)
     assert st == 200, (st, dump)
-    assert set(dump) == {"lds", "rds", "cds", "eds"}, dump
+    assert set(dump) == {"lds", "rds", "cds", "eds", "sds"}, dump
     assert any(n.startswith("inbound:") for n in dump["lds"]), dump["lds"]
     assert all("resource" in r and r["version"] for r in dump["cds"].values()), dump["cds"]
     t0 = time.monotonic()

@@ -297,8 +297,9 @@ KM_TEST(dp_snapshot_cluster_nacks)
     free(e);
     e = one_cluster_err("{\"name\":\"c\",\"transport_socket\":{\"name\":\"envoy.transport_"
                         "sockets.tls\"}}");
-    ASSERT_STR_EQ(e, "cluster \"c\".transport_socket: envoy.transport_sockets.tls is not "
-                     "supported (no upstream TLS)");
+    ASSERT_STR_EQ(e, "cluster \"c\".transport_socket.typed_config: transport socket "
+                     "envoy.transport_sockets.tls (no typed_config) is not supported (expected "
+                     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext)");
     free(e);
     e = one_cluster_err("{\"name\":\"other\"}");
     ASSERT_STR_EQ(e, "cluster \"c\".name: \"other\" differs from the resource name");
@@ -354,10 +355,12 @@ KM_TEST(dp_snapshot_listener_nacks)
     free(e);
     e = one_listener_err(
         "{" LADDR ",\"filter_chains\":[{\"filters\":[{\"name\":\"rbac\",\"typed_config\":{"
-        "\"@type\":\"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC\"}},"
+        "\"@type\":\"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC\","
+        "\"rules\":{\"policies\":{\"p\":{\"permissions\":[{\"destination_port\":80}],"
+        "\"principals\":[{\"any\":true}]}}}}},"
         "{\"name\":\"t\",\"typed_config\":{\"@type\":\"" TCP "\",\"cluster\":\"c\"}}]}]}");
-    ASSERT_STR_EQ(e, "listener \"l\".filter_chains[0].filters[0]: network filter \"rbac\" "
-                     "(envoy.extensions.filters.network.rbac.v3.RBAC) is not supported");
+    ASSERT_STR_EQ(e, "listener \"l\".filter_chains[0].filters[0].typed_config.rules."
+                     "policies[\"p\"].permissions[0]: only `any: true` is supported");
     free(e);
     /* two chains with the same match */
     e = one_listener_err(

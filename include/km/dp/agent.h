@@ -33,7 +33,7 @@ struct km_dp_engine_hooks {
 
 struct km_dp_agent;
 
-/* Per-type xDS counters (indexed KM_DP_LDS..KM_DP_EDS). */
+/* Per-type xDS counters (indexed KM_DP_LDS..KM_DP_SDS). */
 struct km_dp_xds_stats {
     uint64_t responses, acks, nacks;
     char *last_nack; /* owned by the agent, NULL when none */
@@ -61,7 +61,8 @@ const struct km_dp_xds_set *km_dp_agent_resources(const struct km_dp_agent *a); 
 const struct km_dp_xds_stats *km_dp_agent_stats(const struct km_dp_agent *a);  /* [TYPES] */
 bool km_dp_agent_connected(const struct km_dp_agent *a);
 /* The held xDS resources as JSON (caller frees): {"lds": {name: {"version", "resource"}},
- * "rds": ..., "cds": ..., "eds": ...} with each resource in proto3 JSON. */
+ * "rds": ..., "cds": ..., "eds": ..., "sds": ...} with each resource in proto3 JSON (private
+ * keys of SDS secrets shown as "[redacted]"). */
 char *km_dp_agent_config_dump(const struct km_dp_agent *a);
 const char *km_dp_agent_node_id(const struct km_dp_agent *a); /* NULL before bootstrap */
 

@@ -16,8 +16,11 @@
  * connection holds a reference to the config it was accepted with, so a change never breaks
  * it; a kept-alive HTTP connection takes the newest config at each new request.
  *
- * Filter chains are chosen by destination port (exact match beats dest_port 0); chains that
- * need TLS inspection (server names, ALPN, transport_protocol "tls") never match yet.
+ * Filter chains are chosen by destination port (exact match beats dest_port 0). A listener
+ * with chains matching on transport_protocol, server names or ALPN peeks at the first bytes
+ * (ClientHello) and matches as Envoy does; chains with a DownstreamTlsContext do the TLS
+ * handshake, peer verification and network RBAC first (tls.h, rbac.h), and clusters with an
+ * UpstreamTlsContext connect with TLS.
  *
  * KM_DP_FILTER_TCP_PROXY (tcp_proxy.c): weighted cluster, endpoint from the cluster's load
  * balancer (lb.h, per worker), a non-blocking connect bounded by connect_timeout_ms; on a

@@ -30,6 +30,8 @@ struct km_dp_pub {
     struct km_dp_stat_block ***est;    /* owned [cluster][endpoint] refs */
     struct km_dp_stat_block **hst;     /* owned [listener * max chains] HCM blocks, or NULL */
     size_t *hst_off;                   /* owned: first hst index of each listener */
+    struct km_dp_stat_block **rst;     /* owned [listener * max chains] RBAC blocks (indexed
+                                          like hst), NULL entries for chains without RBAC */
     struct km_dp_lb_state *lbs;        /* owned [cluster * nworkers]: row w is worker w's */
 };
 
@@ -38,6 +40,7 @@ void km__dp_pub_unref(struct km_dp_pub *p);
 
 struct km_dp_worker;
 struct km_dp_uconn;
+struct km_dp_h2up;
 
 /* A listening socket of one worker. */
 struct km_dp_wlistener {
@@ -81,6 +84,8 @@ struct km_dp_worker {
     uint64_t seq;                    /* per-connection seed for weighted picks */
     uint8_t *scratch;                /* owned KM_DP_IO_CHUNK bytes */
     struct km_dp_uconn *idle;        /* owned: idle upstream HTTP connections (the pool) */
+    struct km_dp_h2up *h2up;         /* owned: upstream HTTP/2 connections (http2_proxy.c) */
+    struct km_dp_tls_pipe *tls_pipes; /* owned: TLS handshakes and relays (tls.c) */
     size_t nidle;
 };
 
@@ -101,6 +106,9 @@ void km__dp_worker_drain(struct km_dp_worker *w);
 void km__dp_worker_quit(struct km_dp_worker *w);
 void km__dp_conn_link(struct km_dp_worker *w, struct km_dp_conn *c);
 void km__dp_conn_unlink(struct km_dp_conn *c);
+/* <c> takes <old>'s place in its worker's list (a protocol hand-off: no stats change); <old>
+ * is no longer listed and c->w is set. */
+void km__dp_conn_replace(struct km_dp_conn *old, struct km_dp_conn *c);
 
 /* listener.c */
 struct km_dp_wlistener *km__dp_listener_open(struct km_dp_worker *w, const struct km_dp_listener *l,
@@ -120,6 +128,19 @@ void km__dp_http_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t li
 /* Closes the worker's idle upstream connections (worker quit). */
 void km__dp_http_worker_deinit(struct km_dp_worker *w);
 
+/* http2_proxy.c: HTTP/2 (h2c prior knowledge) in the HTTP connection manager. */
+/* 1 when p[0..n) starts with the HTTP/2 client preface, 0 when it is a proper prefix of it
+ * (wait for more), -1 when it is not HTTP/2. */
+int km__dp_h2_preface(const uint8_t *p, size_t n);
+/* Runs the downstream connection <old> (an HTTP/1 connection manager that has not served a
+ * request) as HTTP/2 from here: takes <fd>, the bytes already read (copied) and <old>'s place
+ * in the worker's list (a new reference on old->pub). The caller then frees <old> without
+ * closing <fd> or unlinking it. */
+void km__dp_h2_takeover(struct km_dp_conn *old, int fd, const struct sockaddr_storage *local,
+                        const uint8_t *data, size_t len);
+/* Closes the worker's upstream HTTP/2 connections (worker quit, after its connections). */
+void km__dp_h2_worker_deinit(struct km_dp_worker *w);
+
 /* upstream.c */
 /* Index of the cluster named <name> in <s>, or -1. */
 long km__dp_cluster_index(const struct km_dp_snapshot *s, const char *name);
@@ -134,5 +155,8 @@ long km__dp_endpoint_pick(struct km_dp_pub *pub, size_t w, size_t ci, long exclu
 void km__dp_endpoint_done(struct km_dp_pub *pub, size_t w, size_t ci, long ei);
 /* Starts a non-blocking connect; returns the fd (connect in progress or done) or -errno. */
 int km__dp_connect(const struct km_dp_endpoint *ep);
+/* Connects to endpoint <ei> of cluster <ci>: km__dp_connect, or for a cluster with a TLS
+ * transport socket the plaintext end of a TLS pipe (tls.h). Returns the fd or -errno. */
+int km__dp_connect_cluster(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, long ei);
 
 #endif

@@ -18,6 +18,10 @@
 
 #include <km/common/errs.h>
 
+struct km_dp_tls_ctx;
+struct km_dp_secret;
+struct km_dp_rbac;
+
 enum km_dp_lb {
     KM_DP_LB_ROUND_ROBIN = 0,
     KM_DP_LB_LEAST_REQUEST, /* power of two choices (choice_count) */
@@ -57,6 +61,8 @@ struct km_dp_cluster {
     uint64_t *ring_hashes;
     /* Circuit breaker thresholds (0 = Envoy's defaults: 1024). */
     uint32_t max_connections, max_pending_requests, max_requests;
+    /* UpstreamTlsContext of the transport socket (tls.h), or NULL for plaintext. */
+    struct km_dp_tls_ctx *tls;
 };
 
 struct km_dp_weighted {
@@ -142,6 +148,10 @@ struct km_dp_chain {
     struct km_dp_route_config *inline_rc; /* owned when inline */
     uint32_t stream_idle_timeout_ms;
     uint32_t request_timeout_ms;
+    /* DownstreamTlsContext of the transport socket (tls.h), or NULL for plaintext. */
+    struct km_dp_tls_ctx *tls;
+    /* The network RBAC filter before the terminal filter (rbac.h), or NULL. */
+    struct km_dp_rbac *rbac;
 };
 
 struct km_dp_listener {
@@ -163,6 +173,8 @@ struct km_dp_snapshot {
     size_t nclusters;
     struct km_dp_route_config *routes; /* from RDS, sorted by name */
     size_t nroutes;
+    struct km_dp_secret *secrets;      /* from SDS, sorted by name (tls.h) */
+    size_t nsecrets;
 };
 
 /* The raw resources the agent holds: for each type, name -> encoded resource bytes. */
@@ -176,7 +188,9 @@ struct km_dp_xds_set {
     struct km_dp_xds_res *v; /* owned */
     size_t n;
 };
-enum { KM_DP_LDS = 0, KM_DP_RDS, KM_DP_CDS, KM_DP_EDS, KM_DP_TYPES };
+/* KM_DP_SDS: envoy.extensions.transport_sockets.tls.v3.Secret, subscribed by the names the
+ * TLS contexts of the snapshot refer to. */
+enum { KM_DP_LDS = 0, KM_DP_RDS, KM_DP_CDS, KM_DP_EDS, KM_DP_SDS, KM_DP_TYPES };
 
 /* Builds a snapshot from the held resources. Every unsupported or invalid field is an error
  * naming the resource and the field ("cluster backend: lb_policy CLUSTER_PROVIDED is not

@@ -29,6 +29,7 @@ enum km_dp_stat_kind {
     KM_DP_STAT_ENDPOINT,
     KM_DP_STAT_HTTP, /* one per HTTP connection manager stat_prefix */
     KM_DP_STAT_SERVER, /* the single process-wide block */
+    KM_DP_STAT_RBAC,   /* one per network RBAC stat_prefix: "<stat_prefix>rbac.<counter>" */
     KM_DP_STAT_KINDS,
 };
 
@@ -43,6 +44,11 @@ enum {
     KM_DP_LS_IDLE_TIMEOUT,   /* downstream_cx_idle_timeout */
     KM_DP_LS_OVERFLOW,       /* downstream_cx_overflow (accept failed: fd or memory limit) */
     KM_DP_LS_NO_CLUSTER,     /* downstream_cx_no_cluster (TCP proxy cluster not in config) */
+    KM_DP_LS_SSL_HANDSHAKE,  /* ssl.handshake (completed TLS handshakes) */
+    KM_DP_LS_SSL_ERROR,      /* ssl.connection_error (failed handshakes, no secret yet) */
+    KM_DP_LS_SSL_FAIL_VERIFY, /* ssl.fail_verify_error (peer chain not trusted) */
+    KM_DP_LS_SSL_FAIL_SAN,   /* ssl.fail_verify_san (peer URI SAN does not match) */
+    KM_DP_LS_SSL_NO_CERT,    /* ssl.fail_verify_no_cert (client certificate required) */
     KM_DP_LS_N,
 };
 
@@ -61,6 +67,11 @@ enum {
     KM_DP_CS_RQ_4XX,              /* upstream_rq_4xx */
     KM_DP_CS_RQ_5XX,              /* upstream_rq_5xx */
     KM_DP_CS_RQ_TIMEOUT,          /* upstream_rq_timeout */
+    KM_DP_CS_SSL_HANDSHAKE,       /* ssl.handshake */
+    KM_DP_CS_SSL_ERROR,           /* ssl.connection_error (failed handshakes, no secret yet) */
+    KM_DP_CS_SSL_FAIL_VERIFY,     /* ssl.fail_verify_error */
+    KM_DP_CS_SSL_FAIL_SAN,        /* ssl.fail_verify_san */
+    KM_DP_CS_SSL_REUSED,          /* ssl.session_reused */
     KM_DP_CS_N,
 };
 
@@ -88,6 +99,15 @@ enum {
     KM_DP_HS_RQ_TIMEOUT,      /* downstream_rq_timeout (answered 504) */
     KM_DP_HS_UNSUPPORTED,     /* downstream_rq_unsupported (upgrade/CONNECT refused, no codec) */
     KM_DP_HS_N,
+};
+
+/* Network RBAC counters (names "<stat_prefix>rbac.allowed", as Envoy's). */
+enum {
+    KM_DP_RS_ALLOWED = 0,     /* rbac.allowed */
+    KM_DP_RS_DENIED,          /* rbac.denied */
+    KM_DP_RS_SHADOW_ALLOWED,  /* rbac.shadow_allowed */
+    KM_DP_RS_SHADOW_DENIED,   /* rbac.shadow_denied */
+    KM_DP_RS_N,
 };
 
 /* Process-wide counters (prefix server. / listener_manager.). */
