@@ -57,7 +57,7 @@ UNIT_OBJ := $(UNIT_SRC:%.c=$(B)/%.o)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PYTEST   := /usr/bin/python3 -m pytest
 
-.PHONY: xds-decode-check fuzzers all run check deps deps-test unit unit-asan build-all fuzz e2e conformance bench clean
+.PHONY: xds-decode-check fuzzers all run demo check deps deps-test unit unit-asan build-all fuzz e2e conformance bench clean
 all: $(BINS) $(B)/km-unit $(B)/grpc_echo_server
 
 $(B)/%.o: %.c | $(GEN)/.stamp
@@ -119,6 +119,11 @@ run: deps
 	$(MAKE) VARIANT=release build/release/kuma-cp
 	build/release/kuma-cp run $(if $(CONFIG),--config-file $(CONFIG))
 
+# The quick start: kuma-cp, two sample services with kuma-dp sidecars; prints the curl that goes
+# through both sidecars. Ctrl-C stops it.
+demo:
+	@scripts/demo.sh
+
 build-all:
 	$(MAKE) VARIANT=release all
 	$(MAKE) VARIANT=clang all
@@ -148,6 +153,8 @@ check: deps-test
 bench: deps-test
 	$(MAKE) VARIANT=release all
 	bench/api.sh
+	bench/xds.sh 1000 1000
+	bench/dp.sh
 
 # Test tools: a gRPC echo server on our transport (tests/e2e/test_grpc_interop.py).
 $(B)/grpc_echo_server: $(B)/tests/tools/grpc_echo_server.o $(B)/libkm.a
