@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The quick start (`make demo`): kuma-cp on the memory store, two sample services (web and
-# backend, small python HTTP servers) each with a kuma-dp sidecar, then prints the curl that
-# goes through both sidecars (web's outbound -> backend's inbound -> backend app) and the
-# kumactl command that shows both data planes online. Runs until Ctrl-C, then stops everything.
+# The quick start (`make demo`): kuma-cp on the memory store, the default mesh with mTLS on
+# (builtin CA, STRICT) and a MeshTrafficPermission allowing web -> backend, two sample services
+# (web and backend, small python HTTP servers) each with a kuma-dp sidecar, then prints the
+# curl that goes through both sidecars over mutual TLS (web's outbound -> backend's inbound ->
+# backend app) and the kumactl command that shows both data planes online. Runs until Ctrl-C,
+# then stops everything.
 #
 # Ports (all on 127.0.0.1; override from the environment):
 #   KUMA_API_SERVER_HTTP_PORT 5681, KUMA_DIAGNOSTICS_SERVER_PORT 5680, KUMA_DP_SERVER_PORT 5678,
@@ -125,6 +127,34 @@ for dp in web-01 backend-01; do
     $kctl generate dataplane-token --mesh default --name "$dp" --valid-for 24h >"$work/$dp.token"
 done
 
+# Zero trust from the start: mTLS on the default mesh (kuma-cp generates the CA) and one
+# permission, web -> backend; with mTLS on, anything not allowed is refused (403 for HTTP).
+$kctl apply -f - <<EOF
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+    mode: STRICT
+EOF
+$kctl apply -f - <<EOF
+type: MeshTrafficPermission
+mesh: default
+name: allow-web-to-backend
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  from:
+  - targetRef:
+      kind: MeshService
+      name: web
+    default:
+      action: Allow
+EOF
+
 app=$repo/tests/e2e/dp/dp_backends.py
 export KM_BACKEND_IGNORE_STDIN=1
 start web-app "$work/web-app.log" /usr/bin/python3 "$app" http "$web_app" web
@@ -177,6 +207,8 @@ wait_until "the path through both sidecars" 30 through
 
 online() { [ "$($kctl inspect dataplanes | grep -c ' Online ')" = 2 ]; }
 wait_until "both data planes online" 30 online
+mtls_on() { curl -fs "http://127.0.0.1:$web_admin/stats" | grep -Eq '^cluster\.backend\.ssl\.handshake: [1-9]'; }
+wait_until "mTLS between the sidecars" 15 mtls_on
 
 cat <<EOF
 
@@ -184,7 +216,11 @@ kuma-c demo is running:
   web      app 127.0.0.1:$web_app, sidecar inbound :$web_port, outbound to backend on 127.0.0.1:$out_port (admin :$web_admin)
   backend  app 127.0.0.1:$be_app, sidecar inbound :$be_port (admin :$be_admin)
 
-Through both sidecars (web's outbound -> backend's inbound -> the backend app):
+mTLS is on (builtin CA, STRICT); web -> backend is allowed by the MeshTrafficPermission
+allow-web-to-backend, anything else between services is refused:
+$($kctl get meshes | sed 's/^/  /')
+
+Through both sidecars over mutual TLS (web's outbound -> backend's inbound -> the backend app):
   curl -s http://127.0.0.1:$out_port/echo
 
 Both data planes online:

@@ -33,6 +33,8 @@
                             "HttpConnectionManager"
 #define URL_TCP_PROXY TYPE_PREFIX "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 #define URL_ROUTER TYPE_PREFIX "envoy.extensions.filters.http.router.v3.Router"
+#define URL_HTTP_RBAC TYPE_PREFIX "envoy.extensions.filters.http.rbac.v3.RBAC"
+#define NAME_HTTP_RBAC "envoy.filters.http.rbac"
 #define URL_HTTP_OPTS TYPE_PREFIX "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 #define NAME_HTTP_OPTS "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -842,6 +844,31 @@ gen_service_cluster(const struct km_xds_mesh_index *ix, const char *service, boo
         add_resource(out->by_type[KM_XDS_ENDPOINT], service, cla_json(service, svc));
 }
 
+/* Moves the rules of the network RBAC filter <rbac> (stolen, may be NULL) into an HTTP RBAC
+ * filter (envoy.filters.http.rbac) first in the http_filters of <hcm>, before the router.
+ * Without rules in <rbac> the HTTP filter has none either (everything allowed), as the
+ * network filter would. */
+static void
+add_http_rbac(json_t *hcm, json_t *rbac)
+{
+    json_t *tc = json_object_get(rbac, "typed_config");
+    json_t *hf = json_object_get(hcm, "http_filters");
+    json_t *h;
+
+    if (rbac == NULL || !json_is_array(hf)) {
+        json_decref(rbac);
+        return;
+    }
+    h = must(json_pack("{s:s}", "@type", URL_HTTP_RBAC));
+    if (json_object_get(tc, "rules"))
+        set_new(h, "rules", json_incref(json_object_get(tc, "rules")));
+    if (json_object_get(tc, "shadow_rules"))
+        set_new(h, "shadow_rules", json_incref(json_object_get(tc, "shadow_rules")));
+    json_array_insert_new(hf, 0, must(json_pack("{s:s, s:o}", "name", NAME_HTTP_RBAC,
+                                                "typed_config", h)));
+    json_decref(rbac);
+}
+
 static void
 gen_inbounds(const struct km_xds_mesh_index *ix, const struct km_resource *dp,
              struct km_xds_resources *out)
@@ -884,14 +911,17 @@ gen_inbounds(const struct km_xds_mesh_index *ix, const struct km_resource *dp,
                                   filter, meta);
         if (ix && ix->mtls) {
             /* Traffic permissions are enforced on the caller's certificate: an RBAC filter
-             * first in the chain (no permission that matches denies). */
+             * first in the chain (no permission that matches denies); for HTTP inbounds an
+             * HTTP RBAC filter before the router instead, so a refused request gets a 403. */
             char *prefix = km_xasprintf("inbound_%s_%u.", in.ip, in.port);
             json_t *rbac = km_rbac_inbound_filter(ix->mesh, dp, i, prefix, ix->policies,
                                                   ix->npolicies, NULL, NULL);
             free(prefix);
             json_t *filters = json_object_get(
                 json_array_get(json_object_get(l, "filter_chains"), 0), "filters");
-            if (rbac && json_is_array(filters))
+            if (http)
+                add_http_rbac(filter, rbac);
+            else if (rbac && json_is_array(filters))
                 json_array_insert_new(filters, 0, rbac);
             else
                 json_decref(rbac);

@@ -44,6 +44,7 @@ engine_pub_new(struct km_dp_engine *e, struct km_dp_snapshot *snap)
     p->hst_off[nl] = nchains;
     p->hst = km_xcalloc(nchains ? nchains : 1, sizeof(*p->hst));
     p->rst = km_xcalloc(nchains ? nchains : 1, sizeof(*p->rst));
+    p->hrst = km_xcalloc(nchains ? nchains : 1, sizeof(*p->hrst));
     for (size_t i = 0; i < nl; i++) {
         const struct km_dp_listener *l = &snap->listeners[i];
         for (size_t j = 0; j < l->nchains; j++) {
@@ -51,6 +52,10 @@ engine_pub_new(struct km_dp_engine *e, struct km_dp_snapshot *snap)
             if (ch->rbac)
                 p->rst[p->hst_off[i] + j] =
                     km_dp_stats_ref(e->stats, KM_DP_STAT_RBAC, ch->rbac->stat_prefix,
+                                    NULL);
+            if (ch->http_rbac)
+                p->hrst[p->hst_off[i] + j] =
+                    km_dp_stats_ref(e->stats, KM_DP_STAT_RBAC, ch->http_rbac->stat_prefix,
                                     NULL);
             if (ch->kind != KM_DP_FILTER_HCM)
                 continue;
@@ -93,6 +98,7 @@ km__dp_pub_unref(struct km_dp_pub *p)
     for (size_t i = 0; i < p->hst_off[s->nlisteners]; i++) {
         km_dp_stats_unref(st, p->hst[i]);
         km_dp_stats_unref(st, p->rst[i]);
+        km_dp_stats_unref(st, p->hrst[i]);
     }
     for (size_t i = 0; i < s->nclusters; i++) {
         for (size_t j = 0; j < s->clusters[i].neps; j++)
@@ -103,6 +109,7 @@ km__dp_pub_unref(struct km_dp_pub *p)
     free(p->lst);
     free(p->hst);
     free(p->rst);
+    free(p->hrst);
     free(p->hst_off);
     free(p->cst);
     free(p->est);

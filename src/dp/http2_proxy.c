@@ -207,6 +207,7 @@ struct km_dp_h2up {
     char *cluster, *addr;             /* owned */
     struct km_dp_stat_block *cst, *est; /* refs */
     bool connecting, dead, listed;
+    bool tls;                         /* through a TLS pipe (the cluster's transport) */
     bool settings_seen;               /* the peer's SETTINGS arrived: its stream limit is known */
     int depth;
     size_t nstreams;                  /* streams attached (submitted or waiting for SETTINGS) */
@@ -534,10 +535,12 @@ xs_maybe_free(struct xs *x)
         xs_free(x);
 }
 
+static void d2_drain(struct km_dp_conn *base);
+
 /* The config for a new stream: the worker's newest when the listener is still there (a
  * kept-alive connection follows route changes); returns the chain to route with. */
 static const struct km_dp_chain *
-xs_pick_config(struct xs *x)
+xs_pick_config(struct xs *x, size_t *lidx)
 {
     struct d2conn *dc = x->dc;
     struct km_dp_worker *w = x->w;
@@ -553,6 +556,11 @@ xs_pick_config(struct xs *x)
                 strcmp(l->addr_str ? l->addr_str : "", old->addr_str ? old->addr_str : "") != 0)
                 continue;
             const struct km_dp_chain *ch = km__dp_chain_select(l, &dc->local);
+            /* mTLS switched on or off: the connection keeps its config and drains */
+            if (ch && (ch->tls != NULL) != (dc->base.chain->tls != NULL)) {
+                d2_drain(&dc->base);
+                break;
+            }
             if (ch && ch->kind == KM_DP_FILTER_HCM) {
                 pub = w->pub;
                 chain = ch;
@@ -562,6 +570,7 @@ xs_pick_config(struct xs *x)
         }
     }
     x->pub = km__dp_pub_ref(pub);
+    *lidx = li;
     x->hst = pub->hst ? pub->hst[pub->hst_off[li] +
                                  (size_t)(chain - pub->snap->listeners[li].chains)]
                       : NULL;
@@ -573,7 +582,8 @@ static void
 xs_start(struct xs *x)
 {
     struct km_dp_worker *w = x->w;
-    const struct km_dp_chain *chain = xs_pick_config(x);
+    size_t li = 0;
+    const struct km_dp_chain *chain = xs_pick_config(x, &li);
     x->started = true;
     if (x->hst) {
         km_dp_stat_inc(x->hst, w->id, KM_DP_HS_RQ_TOTAL);
@@ -591,6 +601,10 @@ xs_start(struct xs *x)
         if (x->hst)
             km_dp_stat_inc(x->hst, w->id, KM_DP_HS_UNSUPPORTED);
         xs_local_reply(x, 403, "CONNECT is not allowed");
+        return;
+    }
+    if (!km__dp_http_rbac_allow(w, x->pub, li, chain, x->dc->base.peer)) {
+        xs_local_reply(x, 403, "RBAC: access denied"); /* gRPC: PERMISSION_DENIED */
         return;
     }
     const struct km_dp_route_config *rc = chain ? chain->rc : NULL;
@@ -965,6 +979,7 @@ u2_new(struct km_dp_worker *w, const struct km_dp_cluster *cl, const struct km_d
     uc->fd = fd;
     uc->cluster = km_xstrdup(cl->name);
     uc->addr = km_xstrdup(ep->addr_str);
+    uc->tls = cl->tls != NULL;
     uc->cst = km_dp_stats_ref(w->eng->stats, KM_DP_STAT_CLUSTER, cl->name, NULL);
     uc->est = km_dp_stats_ref(w->eng->stats, KM_DP_STAT_ENDPOINT, cl->name, ep->addr_str);
     km_dp_stat_inc(uc->cst, w->id, KM_DP_CS_CX_TOTAL);
@@ -1017,12 +1032,14 @@ u2_capacity(const struct km_dp_h2up *uc)
     return max > X_UP_MAX_STREAMS ? X_UP_MAX_STREAMS : max;
 }
 
-/* A connection to <ep> with room for one more stream. */
+/* A connection to <ep> with room for one more stream, made with the transport the cluster
+ * has now (<tls>: a cluster switched to mTLS or off it never reuses the other kind). */
 static struct km_dp_h2up *
-u2_find(struct km_dp_worker *w, const char *cluster, const char *addr)
+u2_find(struct km_dp_worker *w, const char *cluster, const char *addr, bool tls)
 {
     for (struct km_dp_h2up *uc = w->h2up; uc; uc = uc->next) {
-        if (uc->dead || strcmp(uc->addr, addr) != 0 || strcmp(uc->cluster, cluster) != 0)
+        if (uc->dead || uc->tls != tls || strcmp(uc->addr, addr) != 0 ||
+            strcmp(uc->cluster, cluster) != 0)
             continue;
         if (!nghttp2_session_check_request_allowed(uc->h2))
             continue;
@@ -1475,7 +1492,8 @@ xs_connect(struct xs *x, long exclude)
         x->ei = ei;
         x->ep_active = true;
         x->attempts++;
-        struct km_dp_h2up *uc = cl->http2 ? u2_find(w, cl->name, ep->addr_str) : NULL;
+        struct km_dp_h2up *uc = cl->http2 ? u2_find(w, cl->name, ep->addr_str, cl->tls != NULL)
+                                           : NULL;
         if (uc) {
             xs_attach_h2(x, uc);
             return;
@@ -1633,6 +1651,7 @@ d2_destroy(struct d2conn *dc)
     km_bq_deinit(&dc->out);
     km__dp_conn_unlink(&dc->base);
     km__dp_pub_unref(dc->base.pub);
+    km__dp_peer_free(dc->base.peer);
     free(dc);
 }
 
@@ -1762,6 +1781,8 @@ km__dp_h2_takeover(struct km_dp_conn *old, int fd, const struct sockaddr_storage
     dc->base.l = old->l;
     dc->base.chain = old->chain;
     dc->base.lst = old->lst;
+    dc->base.peer = old->peer; /* moved */
+    old->peer = NULL;
     dc->base.close = d2_close;
     dc->base.drain = d2_drain;
     km__dp_conn_replace(old, &dc->base);

@@ -4,7 +4,9 @@
  * buffer until the current response is complete (RFC 9112 9.3.2 allows this). Per request:
  * strict head parsing (km_http1_parse_request_head; errors answer 400/413/431/501/505 and
  * close, counted in downstream_rq_rx_parse_error), CONNECT and Upgrade refused with 403 (not
- * configurable yet, counted in downstream_rq_unsupported), routing with router.h (404 when no
+ * configurable yet, counted in downstream_rq_unsupported), the HTTP RBAC filter when the
+ * chain has one (rbac.h: checked against the TLS peer's URI SANs, 403 "RBAC: access denied"
+ * when refused, counted in http.<prefix>.rbac.*), routing with router.h (404 when no
  * route matches, direct responses answered locally), a weighted cluster (503 when the cluster
  * is not in the config), an endpoint from lb.h (503 when there is none), an upstream
  * connection from this worker's keep-alive pool or a new non-blocking connect (connect
@@ -17,8 +19,10 @@
  *
  * Config changes: each new request on a kept-alive connection uses the worker's current
  * config when its listener (same name and address) still exists there; when it was removed,
- * the connection finishes the request and closes (drain). An upstream connection goes back to
- * the pool only when its response was complete and both sides allow keep-alive; idle pool
+ * the connection finishes the request and closes (drain), as it does when mTLS was switched
+ * on or off for the listener. An upstream connection goes back to the pool only when its
+ * response was complete and both sides allow keep-alive (and is reused only while its cluster
+ * keeps the transport, plaintext or TLS, it was made with); idle pool
  * connections are closed when the server closes or sends anything, or after 60 s. */
 #include <errno.h>
 #include <stdio.h>
@@ -30,6 +34,7 @@
 #include <km/common/http1.h>
 #include <km/common/util.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/rbac.h>
 #include <km/dp/router.h>
 
 #define H_MAX_HEAD        (16u * 1024u)
@@ -121,6 +126,9 @@ struct km_dp_uconn {
     struct km_dp_stat_block *est;  /* ref: endpoint stats */
     bool connecting;
     bool eof;                      /* read EOF or hit an error: never reused */
+    bool tls;                      /* through a TLS pipe: pooled for TLS clusters only */
+    bool rd;                       /* may have bytes to read: set by a read event, cleared by
+                                      a short read (level-triggered epoll reports the rest) */
     struct hconn *owner;           /* borrowed, NULL when pooled */
     struct km_dp_uconn *prev, *next; /* pool list */
 };
@@ -135,6 +143,9 @@ struct hconn {
     struct km_dp_uconn *up;        /* owned while a request uses it */
     struct km_dp_stat_block *hst;  /* borrowed (from pub) */
     bool d_eof;
+    bool d_rd;                     /* may have bytes to read (like km_dp_uconn.rd) */
+    bool d_woke;                   /* a downstream event came that no recv consumed yet */
+    unsigned dev;                  /* events *io watches */
     bool closing;                  /* close once dout is flushed */
     /* the current request */
     bool active;
@@ -214,24 +225,17 @@ pool_unlink(struct km_dp_uconn *u)
     w->nidle--;
 }
 
-static void
-pool_on_event(struct km_io *io, int fd, unsigned events, void *arg)
-{
-    /* an idle connection must stay silent: EOF, data or an error all end it */
-    struct km_dp_uconn *u = arg;
-    pool_unlink(u);
-    uconn_free(u);
-}
+static void uconn_on_event(struct km_io *io, int fd, unsigned events, void *arg);
 
+/* A pooled connection keeps its watcher (uconn_on_event, which sees that it has no owner):
+ * no epoll_ctl when it goes to the pool and comes back, which is every request. */
 static void
 pool_put(struct km_dp_uconn *u)
 {
     struct km_dp_worker *w = u->w;
     u->owner = NULL;
-    km_io_free(u->io); /* a new watcher: pooled connections have their own callback */
-    u->io = NULL;
     if (w->nidle >= H_POOL_MAX || w->draining ||
-        !h_watch(w->loop, &u->io, u->fd, KM_IO_READ, pool_on_event, u)) {
+        !h_watch(w->loop, &u->io, u->fd, KM_IO_READ, uconn_on_event, u)) {
         uconn_free(u);
         return;
     }
@@ -243,16 +247,16 @@ pool_put(struct km_dp_uconn *u)
     w->nidle++;
 }
 
+/* An idle connection to <addr> of <cluster>, made with the transport the cluster has now
+ * (<tls>): a cluster switched to mTLS (or off it) never reuses the other kind. */
 static struct km_dp_uconn *
-pool_take(struct km_dp_worker *w, const char *cluster, const char *addr)
+pool_take(struct km_dp_worker *w, const char *cluster, const char *addr, bool tls)
 {
     for (struct km_dp_uconn *u = w->idle; u; u = u->next) {
-        if (strcmp(u->addr, addr) == 0 && strcmp(u->cluster, cluster) == 0) {
+        if (u->tls == tls && strcmp(u->addr, addr) == 0 && strcmp(u->cluster, cluster) == 0) {
             pool_unlink(u);
             km_timer_stop(u->timer);
-            km_io_free(u->io);
-            u->io = NULL;
-            return u;
+            return u; /* h_run sets what its watcher waits for */
         }
     }
     return NULL;
@@ -367,8 +371,6 @@ h_end_request(struct hconn *c)
 
 /* ---- connecting ---- */
 
-static void uconn_on_event(struct km_io *io, int fd, unsigned events, void *arg);
-
 static void
 uconn_on_timer(struct km_timer *t, void *arg);
 
@@ -392,7 +394,8 @@ h_connect(struct hconn *c, long exclude)
         const struct km_dp_endpoint *ep = &cl->eps[ei];
         c->ei = ei;
         c->attempts++;
-        struct km_dp_uconn *u = c->no_pool ? NULL : pool_take(w, cl->name, ep->addr_str);
+        struct km_dp_uconn *u = c->no_pool ? NULL : pool_take(w, cl->name, ep->addr_str,
+                                                              cl->tls != NULL);
         c->reused = u != NULL;
         if (u) {
             u->owner = c;
@@ -425,6 +428,7 @@ h_connect(struct hconn *c, long exclude)
         u->fd = fd;
         u->cluster = km_xstrdup(cl->name);
         u->addr = km_xstrdup(ep->addr_str);
+        u->tls = cl->tls != NULL;
         u->cst = km_dp_stats_ref(w->eng->stats, KM_DP_STAT_CLUSTER, cl->name, NULL);
         u->est = km_dp_stats_ref(w->eng->stats, KM_DP_STAT_ENDPOINT, cl->name, ep->addr_str);
         km_dp_stat_inc(u->cst, w->id, KM_DP_CS_CX_TOTAL);
@@ -432,6 +436,7 @@ h_connect(struct hconn *c, long exclude)
         km_dp_stat_inc(u->est, w->id, KM_DP_ES_CX_TOTAL);
         km_dp_stat_inc(u->est, w->id, KM_DP_ES_CX_ACTIVE);
         u->connecting = true;
+        u->rd = true;
         u->timer = km_timer_new(w->loop, cl->connect_timeout_ms ? cl->connect_timeout_ms : 5000,
                                 uconn_on_timer, u);
         u->owner = c;
@@ -486,6 +491,14 @@ uconn_on_event(struct km_io *io, int fd, unsigned events, void *arg)
 {
     struct km_dp_uconn *u = arg;
     struct hconn *c = u->owner;
+    if (!c) {
+        /* pooled: an idle connection must stay silent; EOF, data or an error all end it */
+        pool_unlink(u);
+        uconn_free(u);
+        return;
+    }
+    if (events & KM_IO_READ)
+        u->rd = true;
     if (u->connecting) {
         int err = 0;
         socklen_t len = sizeof(err);
@@ -519,6 +532,43 @@ h_on_route_timeout(struct km_timer *t, void *arg)
     h_run(c);
 }
 
+/* ---- HTTP RBAC ---- */
+
+void
+km__dp_peer_free(struct km_dp_peer *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nsans; i++)
+        free(p->uri_sans[i]);
+    free(p->uri_sans);
+    free(p);
+}
+
+bool
+km__dp_http_rbac_allow(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                       const struct km_dp_chain *chain, const struct km_dp_peer *peer)
+{
+    struct km_dp_rbac_result r;
+    if (!chain || !chain->http_rbac)
+        return true;
+    km_dp_rbac_check(chain->http_rbac, peer && peer->authenticated,
+                     peer ? (const char *const *)peer->uri_sans : NULL, peer ? peer->nsans : 0,
+                     &r);
+    const struct km_dp_listener *l = &pub->snap->listeners[lidx];
+    struct km_dp_stat_block *rb = pub->hrst[pub->hst_off[lidx] + (size_t)(chain - l->chains)];
+    if (rb) {
+        km_dp_stat_inc(rb, w->id, r.allowed ? KM_DP_RS_ALLOWED : KM_DP_RS_DENIED);
+        if (r.shadow_evaluated)
+            km_dp_stat_inc(rb, w->id,
+                           r.shadow_allowed ? KM_DP_RS_SHADOW_ALLOWED : KM_DP_RS_SHADOW_DENIED);
+    }
+    if (!r.allowed)
+        km_log_debug("dp", "rbac: denied a request of %s on %s",
+                     peer && peer->nsans ? peer->uri_sans[0] : "(no URI SAN)", l->name);
+    return r.allowed;
+}
+
 /* ---- starting a request ---- */
 
 /* A new request on a kept-alive connection uses the worker's current config when the
@@ -538,6 +588,10 @@ h_refresh_config(struct hconn *c)
             continue;
         const struct km_dp_chain *ch = km__dp_chain_select(l, &c->local);
         if (!ch || ch->kind != KM_DP_FILTER_HCM)
+            break;
+        /* mTLS switched on or off for the listener: this connection came with the other
+         * transport, it finishes this request with its config and closes */
+        if ((ch->tls != NULL) != (c->base.chain->tls != NULL))
             break;
         struct km_dp_pub *prev = c->base.pub;
         c->base.pub = km__dp_pub_ref(w->pub);
@@ -588,6 +642,12 @@ h_start(struct hconn *c, const struct km_http1_request *req)
             km_dp_stat_inc(c->hst, w->id, KM_DP_HS_UNSUPPORTED);
         hbuf_consume(&c->din, head_len);
         h_local_reply(c, 403, "upgrade and CONNECT are not allowed");
+        return;
+    }
+    if (!km__dp_http_rbac_allow(w, c->base.pub, (size_t)(c->base.l - c->base.pub->snap->listeners),
+                                c->base.chain, c->base.peer)) {
+        hbuf_consume(&c->din, head_len);
+        h_local_reply(c, 403, "RBAC: access denied");
         return;
     }
     const struct km_dp_route_config *rc = c->base.chain->rc;
@@ -945,7 +1005,28 @@ h_want_up_read(const struct hconn *c)
 static void
 h_on_down(struct km_io *io, int fd, unsigned events, void *arg)
 {
-    h_run(arg);
+    struct hconn *c = arg;
+    if (events & KM_IO_READ)
+        c->d_rd = true;
+    c->d_woke = true;
+    h_run(c);
+}
+
+/* Sets what the downstream socket waits for. Lazily: a connection waiting for its upstream
+ * (nothing to read or write downstream) keeps its read interest instead of dropping it and
+ * adding it back at the end of the exchange (two epoll_ctl per request); if the client
+ * sends or closes meanwhile, that one event (not consumed by a recv) drops it. */
+static bool
+h_watch_down(struct hconn *c, unsigned dev)
+{
+    bool woke = c->d_woke;
+    c->d_woke = false;
+    if (dev == 0 && c->io && c->dev == KM_IO_READ && c->active && !woke)
+        return true;
+    if (!h_watch(c->base.w->loop, &c->io, c->fd, dev, h_on_down, c))
+        return false;
+    c->dev = dev;
+    return true;
 }
 
 /* Does everything that can be done without waiting, then sets what to wait for. */
@@ -975,14 +1056,18 @@ h_run(struct hconn *c)
             }
         }
         /* 2. read downstream */
-        if (h_want_down_read(c) && hbuf_reserve(&c->din, 16384)) {
+        if (c->d_rd && h_want_down_read(c) && hbuf_reserve(&c->din, 16384)) {
             size_t room = c->din.cap - c->din.off - c->din.len;
             ssize_t n = recv(c->fd, c->din.p + c->din.off + c->din.len, room, 0);
+            c->d_woke = false;
             if (n > 0) {
+                c->d_rd = (size_t)n == room; /* a short read emptied the socket */
                 c->din.len += (size_t)n;
                 km_dp_stat_add(c->base.lst, w->id, KM_DP_LS_RX_BYTES, n);
                 progress = true;
-            } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            } else if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                c->d_rd = false;
+            } else if (n == 0 || errno != EINTR) {
                 c->d_eof = true;
                 c->keep_alive = false;
                 if (c->active && !c->req_done) {
@@ -1046,15 +1131,18 @@ h_run(struct hconn *c)
                 progress = true;
             }
         }
-        if (h_want_up_read(c) && hbuf_reserve(&c->uin, 16384)) {
+        if (h_want_up_read(c) && c->up->rd && hbuf_reserve(&c->uin, 16384)) {
             u = c->up;
             size_t room = c->uin.cap - c->uin.off - c->uin.len;
             ssize_t n = recv(u->fd, c->uin.p + c->uin.off + c->uin.len, room, 0);
             if (n > 0) {
+                u->rd = (size_t)n == room;
                 c->uin.len += (size_t)n;
                 km_dp_stat_add(c->base.pub->cst[c->ci], w->id, KM_DP_CS_RX_BYTES, n);
                 progress = true;
-            } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            } else if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                u->rd = false;
+            } else if (n == 0 || errno != EINTR) {
                 u->eof = true;
                 progress = true;
             }
@@ -1077,7 +1165,7 @@ h_run(struct hconn *c)
     }
     /* what to wait for */
     unsigned dev = (h_want_down_read(c) ? KM_IO_READ : 0) | (c->dout.len ? KM_IO_WRITE : 0);
-    if (!h_watch(w->loop, &c->io, c->fd, dev, h_on_down, c)) {
+    if (!h_watch_down(c, dev)) {
         h_close(&c->base);
         return;
     }
@@ -1115,6 +1203,7 @@ h_close(struct km_dp_conn *base)
     hbuf_free(&c->replay);
     km__dp_conn_unlink(base);
     km__dp_pub_unref(base->pub);
+    km__dp_peer_free(base->peer);
     free(c);
 }
 
@@ -1133,6 +1222,7 @@ h_handoff_h2(struct hconn *c)
     hbuf_free(&c->uout);
     hbuf_free(&c->replay);
     km__dp_pub_unref(c->base.pub);
+    km__dp_peer_free(c->base.peer); /* NULL: km__dp_h2_takeover moved it */
     free(c);
 }
 
@@ -1153,12 +1243,21 @@ void
 km__dp_http_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                    const struct km_dp_chain *chain, int fd)
 {
+    km__dp_http_accept_peer(w, pub, lidx, chain, fd, NULL);
+}
+
+void
+km__dp_http_accept_peer(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                        const struct km_dp_chain *chain, int fd, struct km_dp_peer *peer)
+{
     struct hconn *c = calloc(1, sizeof(*c));
     if (!c) {
         km_dp_stat_inc(pub->lst[lidx], w->id, KM_DP_LS_OVERFLOW);
+        km__dp_peer_free(peer);
         close(fd);
         return;
     }
+    c->base.peer = peer;
     c->base.pub = km__dp_pub_ref(pub);
     c->base.l = &pub->snap->listeners[lidx];
     c->base.chain = chain;
@@ -1166,6 +1265,7 @@ km__dp_http_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
     c->base.close = h_close;
     c->base.drain = h_drain;
     c->fd = fd;
+    c->d_rd = true;
     c->ci = c->ei = -1;
     socklen_t sl = sizeof(c->local);
     if (getsockname(fd, (struct sockaddr *)&c->local, &sl) == -1)

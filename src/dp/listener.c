@@ -2,6 +2,7 @@
  * selection. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -120,6 +121,9 @@ km__dp_listener_open(struct km_dp_worker *w, const struct km_dp_listener *l, siz
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1)
         goto fail;
+    /* Accepted sockets inherit TCP_NODELAY (Linux): no Nagle delay on a response written in
+     * two pieces (head, then body), and no setsockopt per connection. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (l->addr.ss_family == AF_INET6 &&
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1)
         goto fail;

@@ -1,4 +1,5 @@
-/* kuma-dp's network RBAC filter: compile (from the xDS bytes) and check (see rbac.h). */
+/* kuma-dp's network and HTTP RBAC filters: compile (from the xDS bytes) and check (see
+ * rbac.h). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <km/dp/rbac.h>
 
 #include "envoy/config/rbac/v3/rbac.pb-c.h"
+#include "envoy/extensions/filters/http/rbac/v3/rbac.pb-c.h"
 #include "envoy/extensions/filters/network/rbac/v3/rbac.pb-c.h"
 
 #define RBAC_MAX_DEPTH 32
@@ -236,6 +238,50 @@ km_dp_rbac_compile(const void *bytes, size_t len, const char *base, struct km_er
         pathf(p, "%s.enforcement_type", base);
         km_errs_add(errs, p, "only ONE_TIME_ON_FIRST_BYTE is supported");
         ok = false;
+    }
+    if (m->rules) {
+        pathf(p, "%s.rules", base);
+        if (!compile_rules(m->rules, p, errs, &r->rules))
+            ok = false;
+    }
+    if (m->shadow_rules) {
+        pathf(p, "%s.shadow_rules", base);
+        if (!compile_rules(m->shadow_rules, p, errs, &r->shadow))
+            ok = false;
+    }
+    km_pb_free(&m->base);
+    if (!ok) {
+        km_dp_rbac_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+struct km_dp_rbac *
+km_dp_rbac_compile_http(const void *bytes, size_t len, const char *base, const char *stat_prefix,
+                        struct km_errs *errs)
+{
+    char err[256], p[RBAC_PATHLEN];
+    Envoy__Extensions__Filters__Http__Rbac__V3__RBAC *m =
+        (Envoy__Extensions__Filters__Http__Rbac__V3__RBAC *)km_pb_unpack(
+            &envoy__extensions__filters__http__rbac__v3__rbac__descriptor, bytes, len, err,
+            sizeof(err));
+    if (!m) {
+        km_errs_add(errs, base, "cannot decode the HTTP RBAC filter: %s", err);
+        return NULL;
+    }
+    struct km_dp_rbac *r = km_xcalloc(1, sizeof(*r));
+    bool ok = true;
+    r->stat_prefix = km_xstrdup(stat_prefix ? stat_prefix : "");
+    /* matcher (4) and shadow_matcher (5) are not in our subset: refuse them rather than
+     * allowing everything */
+    for (unsigned i = 0; i < m->base.n_unknown_fields; i++) {
+        uint32_t tag = m->base.unknown_fields[i].tag;
+        if (tag == 4 || tag == 5) {
+            pathf(p, "%s.%s", base, tag == 4 ? "matcher" : "shadow_matcher");
+            km_errs_add(errs, p, "is not supported (rules, shadow_rules)");
+            ok = false;
+        }
     }
     if (m->rules) {
         pathf(p, "%s.rules", base);

@@ -228,6 +228,7 @@ free_chain(struct km_dp_chain *ch)
     free(ch->inline_rc);
     km_dp_tls_ctx_free(ch->tls);
     km_dp_rbac_free(ch->rbac);
+    km_dp_rbac_free(ch->http_rbac);
 }
 
 static void
@@ -957,6 +958,7 @@ parse_tcp_proxy(struct bctx *c, const char *path, const pb_tcp *t, struct km_dp_
 }
 
 #define ROUTER_TYPE "envoy.extensions.filters.http.router.v3.Router"
+#define HTTP_RBAC_TYPE "envoy.extensions.filters.http.rbac.v3.RBAC"
 
 static bool
 parse_hcm(struct bctx *c, const char *path, const pb_hcm *h, struct km_dp_chain *ch)
@@ -1023,6 +1025,25 @@ parse_hcm(struct bctx *c, const char *path, const pb_hcm *h, struct km_dp_chain 
                 km_pb_free(m);
             }
             router = true;
+            continue;
+        }
+        if (strcmp(type, HTTP_RBAC_TYPE) == 0) {
+            /* checked per request against the peer certificate (rbac.h); counters
+             * "http.<stat_prefix>.rbac.*" as Envoy's */
+            if (ch->http_rbac) {
+                berr(c, p, "only one HTTP RBAC filter per connection manager is supported");
+                ok = false;
+                continue;
+            }
+            char *base = km_xasprintf("%s.%s.typed_config", c->res, p);
+            char *sp = km_xasprintf("http.%s.", ch->stat_prefix);
+            ch->http_rbac = km_dp_rbac_compile_http(f->typed_config->value.data,
+                                                    f->typed_config->value.len, base, sp,
+                                                    c->errs);
+            free(sp);
+            free(base);
+            if (!ch->http_rbac)
+                ok = false;
             continue;
         }
         if (f->is_optional)

@@ -1008,12 +1008,15 @@ san_ok(const struct km_dp_tls_ctx *t, char **sans, size_t n)
     return false;
 }
 
-/* Hands the plaintext side to the chain's filter. Returns false when the pipe is gone. */
+/* Hands the plaintext side to the chain's filter; an HTTP connection manager takes <peer>
+ * (the verified identity for its HTTP RBAC filter), others free it. Returns false when the
+ * pipe is gone. */
 static bool
-pipe_deliver(struct km_dp_tls_pipe *p)
+pipe_deliver(struct km_dp_tls_pipe *p, struct km_dp_peer *peer)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == -1) {
+        km__dp_peer_free(peer);
         pipe_lstat(p, KM_DP_LS_OVERFLOW);
         pipe_free(p);
         return false;
@@ -1021,10 +1024,12 @@ pipe_deliver(struct km_dp_tls_pipe *p)
     p->pfd = sv[0];
     p->st = P_RELAY;
     km_timer_stop(p->timer);
-    if (p->chain->kind == KM_DP_FILTER_TCP_PROXY)
+    if (p->chain->kind == KM_DP_FILTER_TCP_PROXY) {
+        km__dp_peer_free(peer);
         km__dp_tcp_accept(p->w, p->pub, p->lidx, p->chain, sv[1]);
-    else
-        km__dp_http_accept(p->w, p->pub, p->lidx, p->chain, sv[1]);
+    } else {
+        km__dp_http_accept_peer(p->w, p->pub, p->lidx, p->chain, sv[1], peer);
+    }
     return true;
 }
 
@@ -1080,8 +1085,19 @@ pipe_established(struct km_dp_tls_pipe *p)
             return false;
         }
     }
+    /* HTTP chains check their HTTP RBAC filter per request against this identity (kept
+     * for the connection: the filter may come with a later config) */
+    struct km_dp_peer *peer = NULL;
+    if (p->chain->kind == KM_DP_FILTER_HCM) {
+        peer = km_xcalloc(1, sizeof(*peer));
+        peer->authenticated = authenticated;
+        peer->uri_sans = km_xcalloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++)
+            peer->uri_sans[peer->nsans++] = sans[i]; /* moved */
+        n = 0;
+    }
     free_sans(sans, n);
-    return pipe_deliver(p);
+    return pipe_deliver(p, peer);
 }
 
 /* Counts a failed handshake by its cause. */

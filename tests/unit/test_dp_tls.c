@@ -2,7 +2,9 @@
  * not supported, ClientHello parsing, chain matching, and the engine end to end over real
  * sockets with certificates from the CP's CA: mutual TLS through an outbound and an inbound
  * listener, a foreign CA and plaintext refused (STRICT), plaintext accepted (PERMISSIVE),
- * upstream SAN mismatch counted, RBAC by SPIFFE ID, and secret rotation. */
+ * upstream SAN mismatch counted, RBAC by SPIFFE ID (network filter: connection refused; HTTP
+ * filter: 403 / PERMISSION_DENIED per request, following config changes on kept-alive
+ * connections), and secret rotation. */
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -21,12 +23,15 @@
 
 #include "test.h"
 
+#include <km/common/grpc.h>
+#include <km/common/loop.h>
 #include <km/common/pbjson.h>
 #include <km/common/util.h>
 #include <km/cp/ca.h>
 #include <km/cp/xds_tls.h>
 #include <km/cp/xds_types.h>
 #include <km/dp/engine.h>
+#include <km/dp/rbac.h>
 #include <km/dp/snapshot.h>
 #include <km/dp/tls.h>
 
@@ -875,4 +880,253 @@ KM_TEST(dp_tls_engine_missing_secret)
     close(fd);
     wait_stat(v.e, "cluster.backend.ssl.connection_error", 1);
     env_stop(&v);
+}
+
+/* ---- HTTP RBAC: 403 per request ---- */
+
+#define HCM_URL                                                                                 \
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."          \
+    "HttpConnectionManager"
+#define HTTP_RBAC_URL "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+#define ROUTER_URL "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+/* An HTTP/1.1 server on its own thread answering every request "200 ok" (keep-alive). */
+static void *
+http_ok_main(void *arg)
+{
+    struct echo *e = arg;
+    static const char resp[] = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    struct pollfd pf[34];
+    size_t n = 2;
+    pf[0] = (struct pollfd){.fd = e->lfd, .events = POLLIN};
+    pf[1] = (struct pollfd){.fd = e->stop[0], .events = POLLIN};
+    for (;;) {
+        if (poll(pf, n, 1000) < 0)
+            continue;
+        if (pf[1].revents)
+            break;
+        if ((pf[0].revents & POLLIN) && n < 34) {
+            int fd = accept(e->lfd, NULL, NULL);
+            if (fd >= 0)
+                pf[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
+        for (size_t i = 2; i < n; i++) {
+            if (!pf[i].revents)
+                continue;
+            char buf[4096];
+            ssize_t k = recv(pf[i].fd, buf, sizeof(buf), 0);
+            /* the test's requests are small and have no body: one read, one request */
+            if (k <= 0 || send(pf[i].fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL) < 0) {
+                close(pf[i].fd);
+                pf[i--] = pf[--n];
+            }
+        }
+    }
+    for (size_t i = 2; i < n; i++)
+        close(pf[i].fd);
+    return NULL;
+}
+
+static void
+http_ok_start(struct echo *e)
+{
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof(sin);
+    e->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sin_lo(&sin, 0);
+    ASSERT(bind(e->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    ASSERT(listen(e->lfd, 64) == 0);
+    ASSERT(getsockname(e->lfd, (struct sockaddr *)&sin, &sl) == 0);
+    e->port = ntohs(sin.sin_port);
+    ASSERT(pipe(e->stop) == 0);
+    ASSERT(pthread_create(&e->th, NULL, http_ok_main, e) == 0);
+}
+
+/* An mTLS (STRICT) inbound "in" on <port> with an HTTP connection manager (stat_prefix "in")
+ * routing everything to cluster "local", its HTTP RBAC filter allowing <allowed_spiffe>. */
+static json_t *
+http_rbac_listener(uint16_t port, const char *allowed_spiffe)
+{
+    json_t *rbac = json_pack(
+        "{s:s, s:{s:s, s:{s:s, s:{s:{s:[{s:b}], s:[{s:{s:{s:s}}}]}}}, s:{s:s, s:{s:{s:[{s:b}], "
+        "s:[{s:b}]}}}}}",
+        "name", "envoy.filters.http.rbac", "typed_config", "@type", HTTP_RBAC_URL, "rules",
+        "action", "ALLOW", "policies", "p", "permissions", "any", 1, "principals",
+        "authenticated", "principal_name", "exact", allowed_spiffe, "shadow_rules", "action",
+        "DENY", "policies", "s", "permissions", "any", 1, "principals", "any", 1);
+    json_t *hcm = json_pack(
+        "{s:s, s:s, s:{s:s, s:[{s:s, s:[s], s:[{s:{s:s}, s:{s:s}}]}]}, s:[o, {s:s, s:{s:s}}]}",
+        "@type", HCM_URL, "stat_prefix", "in", "route_config", "name", "in", "virtual_hosts",
+        "name", "local", "domains", "*", "routes", "match", "prefix", "/", "route", "cluster",
+        "local", "http_filters", rbac, "name", "envoy.filters.http.router", "typed_config",
+        "@type", ROUTER_URL);
+    ASSERT(hcm != NULL);
+    json_t *l = json_pack("{s:s, s:{s:{s:s, s:i}}, s:s, s:[{s:[{s:s, s:o}]}]}", "name", "in",
+                          "address", "socket_address", "address", "127.0.0.1", "port_value",
+                          (int)port, "traffic_direction", "INBOUND", "filter_chains", "filters",
+                          "name", "envoy.filters.network.http_connection_manager",
+                          "typed_config", hcm);
+    struct km_xds_tls_opts o = {.mesh = MESH};
+    ASSERT(km_xds_tls_inbound_listener(l, &o, false) == 0);
+    return l;
+}
+
+/* Reads one HTTP/1.1 response with a content-length body into <buf>; false on EOF. */
+static bool
+tcli_http(struct tcli *c, const char *req, char *buf, size_t cap)
+{
+    int n = (int)strlen(req);
+    size_t got = 0;
+    if (SSL_write(c->ssl, req, n) != n) {
+        ERR_clear_error();
+        return false;
+    }
+    buf[0] = 0;
+    while (got + 1 < cap) {
+        int k = SSL_read(c->ssl, buf + got, (int)(cap - 1 - got));
+        if (k <= 0) {
+            ERR_clear_error();
+            return false;
+        }
+        got += (size_t)k;
+        buf[got] = 0;
+        const char *end = strstr(buf, "\r\n\r\n"), *cl = strstr(buf, "content-length: ");
+        if (end && cl && got >= (size_t)(end + 4 - buf) + (size_t)atoi(cl + 16))
+            return true;
+    }
+    return false;
+}
+
+static bool
+plain_http(int fd, const char *req, char *buf, size_t cap)
+{
+    size_t n = strlen(req), got = 0;
+    if (send(fd, req, n, MSG_NOSIGNAL) != (ssize_t)n)
+        return false;
+    buf[0] = 0;
+    while (got + 1 < cap) {
+        ssize_t k = recv(fd, buf + got, cap - 1 - got, 0);
+        if (k <= 0)
+            return false;
+        got += (size_t)k;
+        buf[got] = 0;
+        const char *end = strstr(buf, "\r\n\r\n"), *cl = strstr(buf, "content-length: ");
+        if (end && cl && got >= (size_t)(end + 4 - buf) + (size_t)atoi(cl + 16))
+            return true;
+    }
+    return false;
+}
+
+struct grpc_res {
+    bool closed;
+    int status;
+    char message[128];
+};
+
+static void
+grpc_res_close(struct km_grpc_call *c, int status, const char *message, void *ud)
+{
+    struct grpc_res *t = ud;
+    (void)c;
+    t->closed = true;
+    t->status = status;
+    snprintf(t->message, sizeof(t->message), "%s", message ? message : "");
+}
+
+KM_TEST(dp_tls_engine_http_rbac_403)
+{
+    static const char req[] = "GET /x HTTP/1.1\r\nhost: backend\r\n\r\n";
+    struct env v;
+    struct tcli c;
+    char buf[1024];
+    env_start(&v, 1, "backend", NULL);
+    /* the echo backend becomes an HTTP server (echo_stop stops either) */
+    echo_stop(&v.echo);
+    http_ok_start(&v.echo);
+    res_put(&v.r, KM_DP_CDS, "local", cluster_json("local", v.echo.port, NULL));
+    res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/web"));
+    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+
+    /* web is allowed: 200, twice on one kept-alive connection */
+    ASSERT(tcli_open(&c, v.in_port, v.web_cert, v.web_key, v.p.ca_cert));
+    ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
+    ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
+    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.allowed"), 2);
+    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.shadow_denied"), 2);
+
+    /* the outbound presents the "backend" identity: 403 per request, the connection stays */
+    int fd = tconnect(v.out_port);
+    ASSERT(fd >= 0);
+    ASSERT(plain_http(fd, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403 Forbidden");
+    ASSERT_STR_CONTAINS(buf, "RBAC: access denied");
+    ASSERT(plain_http(fd, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403");
+    close(fd);
+    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.denied"), 2);
+    ASSERT(stat_of(v.e, "http.in.downstream_rq_4xx") >= 2);
+
+    /* gRPC (HTTP/2 through the pair): PERMISSION_DENIED, trailers-only */
+    struct km_loop *loop = km_loop_new();
+    struct km_grpc_client *gc = km_grpc_client_new(loop, "127.0.0.1", v.out_port, false, NULL);
+    struct grpc_res gr = {0};
+    struct km_grpc_call_cbs cbs = {.on_close = grpc_res_close, .ud = &gr};
+    struct km_grpc_call *call = km_grpc_call_start(gc, "/test.Echo/Unary", NULL, &cbs);
+    ASSERT(call != NULL);
+    km_grpc_call_send(call, (const uint8_t *)"x", 1);
+    km_grpc_call_close_send(call);
+    uint64_t end = now_ms() + 5000;
+    while (!gr.closed && now_ms() < end)
+        km_loop_run_once(loop, 10);
+    ASSERT(gr.closed);
+    ASSERT_INT_EQ(gr.status, KM_GRPC_PERMISSION_DENIED);
+    ASSERT_STR_CONTAINS(gr.message, "RBAC: access denied");
+    km_grpc_client_free(gc);
+    km_loop_free(loop);
+    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.denied"), 3);
+
+    /* the permission changes: the next request on web's kept-alive connection is refused,
+     * and allowed again once it comes back */
+    res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/other"));
+    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403");
+    res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/web"));
+    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
+    ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
+    tcli_close(&c);
+    env_stop(&v);
+}
+
+KM_TEST(dp_tls_snapshot_http_rbac)
+{
+    struct res r = {0};
+    res_put(&r, KM_DP_LDS, "in", http_rbac_listener(20001, "spiffe://default/web"));
+    struct km_dp_snapshot *s = build_ok(&r, 1);
+    const struct km_dp_listener *l = km_dp_snapshot_listener(s, "in");
+    ASSERT(l && l->nchains == 1);
+    ASSERT(l->chains[0].rbac == NULL);
+    ASSERT(l->chains[0].http_rbac != NULL);
+    ASSERT_STR_EQ(l->chains[0].http_rbac->stat_prefix, "http.in.");
+    ASSERT(l->chains[0].http_rbac->rules.present && l->chains[0].http_rbac->shadow.present);
+    km_dp_snapshot_unref(s);
+    /* after the router: NACKed */
+    json_t *bad = http_rbac_listener(20001, "spiffe://default/web");
+    json_t *hf = json_object_get(
+        json_object_get(json_array_get(json_object_get(json_array_get(json_object_get(
+                                                           bad, "filter_chains"), 0),
+                                                       "filters"), 0),
+                        "typed_config"),
+        "http_filters");
+    json_t *first = json_incref(json_array_get(hf, 0));
+    json_array_remove(hf, 0);
+    json_array_append_new(hf, first);
+    res_put(&r, KM_DP_LDS, "in", bad);
+    char *e = build_fail(&r);
+    ASSERT_STR_CONTAINS(e, "the router must be the last HTTP filter");
+    free(e);
+    res_free(&r);
 }

@@ -8,8 +8,9 @@
  *     turn, Any holding a filled-in Router), so every field number and wire type we declare is
  *     on the wire at least once;
  *   - realistic ones ("<Name>@<label>.bin"): the resources an xDS client really gets (an
- *     ApiListener with HCM, an inbound listener with TcpProxy and TLS, RDS, EDS cluster, CLA,
- *     Secret, Discovery* with those resources in Any), and ("<Name>@gen-<case>-<type><n>.bin")
+ *     ApiListener with HCM, an inbound listener with TcpProxy and TLS, an inbound HCM with an
+ *     HTTP RBAC filter before the router, RDS, EDS cluster, CLA, Secret, Discovery* with those
+ *     resources in Any), and ("<Name>@gen-<case>-<type><n>.bin")
  *     what src/cp/xds_gen.c generates for a sidecar in a mesh with mTLS, STRICT and
  *     PERMISSIVE, packed by src/common/pbjson.c as the DP server does.
  * Usage: xds-emit-samples <dir>   (also used to write the fuzz seed corpus) */
@@ -829,6 +830,63 @@ emit_generated_mtls(const char *label, const char *mode)
     km_resource_free(mesh);
 }
 
+/* A realistic HTTP inbound under mTLS: the traffic permissions as an HTTP RBAC filter
+ * (envoy.filters.http.rbac) before the router, both the HCM holding it and the RBAC message
+ * alone, built from proto3 JSON by src/common/pbjson.c as the generator's output is. */
+static void
+emit_json_sample(const char *type, const char *text, const char *label)
+{
+    const ProtobufCMessageDescriptor *d = km_pbjson_lookup(type);
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char err[512];
+    ProtobufCMessage *m;
+
+    if (!d || !j || km_pbjson_encode(d, j, &buf, &len, err, sizeof(err)) != 0) {
+        fprintf(stderr, "xds-emit-samples: sample %s: %s\n", label,
+                !d ? "unknown type" : !j ? jerr.text : err);
+        exit(1);
+    }
+    m = protobuf_c_message_unpack(d, NULL, len, buf);
+    if (!m)
+        die("unpack of a JSON sample");
+    emit_one(m, label);
+    free(buf);
+    json_decref(j);
+}
+
+#define HTTP_RBAC_RULES                                                                        \
+    "{\"action\": \"ALLOW\", \"policies\": {\"MeshTrafficPermission\": {\"permissions\": "   \
+    "[{\"any\": true}], \"principals\": [{\"and_ids\": {\"ids\": [{\"authenticated\": "     \
+    "{\"principal_name\": {\"exact\": \"spiffe://default/web\"}}}, {\"not_id\": "            \
+    "{\"authenticated\": {\"principal_name\": {\"exact\": \"kuma://version/v2\"}}}}]}}]}}}"
+
+static void
+emit_http_rbac(void)
+{
+    static const char rbac[] =
+        "{\"rules\": " HTTP_RBAC_RULES ", \"shadow_rules\": {\"action\": \"DENY\", "
+        "\"policies\": {\"MeshTrafficPermission\": {\"permissions\": [{\"any\": true}], "
+        "\"principals\": [{\"authenticated\": {\"principal_name\": {\"exact\": "
+        "\"spiffe://default/web\"}}}]}}}}";
+    static const char hcm_json[] =
+        "{\"stat_prefix\": \"localhost_18080\", \"route_config\": {\"name\": "
+        "\"inbound:web\", \"virtual_hosts\": [{\"name\": \"web\", \"domains\": [\"*\"], "
+        "\"routes\": [{\"match\": {\"prefix\": \"/\"}, \"route\": {\"cluster\": "
+        "\"localhost:18080\"}}]}]}, \"http_filters\": [{\"name\": \"envoy.filters.http.rbac\", "
+        "\"typed_config\": {\"@type\": "
+        "\"type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\", \"rules\": "
+        HTTP_RBAC_RULES "}}, {\"name\": \"envoy.filters.http.router\", \"typed_config\": "
+        "{\"@type\": \"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\"}}]}";
+
+    emit_json_sample("envoy.extensions.filters.http.rbac.v3.RBAC", rbac, "mtp-shadow");
+    emit_json_sample(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        hcm_json, "inbound-http-rbac");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -842,6 +900,7 @@ main(int argc, char **argv)
     emit_generated();
     emit_realistic();
     km_xds_register_types();
+    emit_http_rbac();
     emit_generated_mtls("mtls-strict", "STRICT");
     emit_generated_mtls("mtls-permissive", "PERMISSIVE");
     printf("xds-emit-samples: wrote %d samples (%zu message types) to %s\n", n_written,

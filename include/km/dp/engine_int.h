@@ -32,6 +32,7 @@ struct km_dp_pub {
     size_t *hst_off;                   /* owned: first hst index of each listener */
     struct km_dp_stat_block **rst;     /* owned [listener * max chains] RBAC blocks (indexed
                                           like hst), NULL entries for chains without RBAC */
+    struct km_dp_stat_block **hrst;    /* owned, like rst for the HTTP RBAC filters */
     struct km_dp_lb_state *lbs;        /* owned [cluster * nworkers]: row w is worker w's */
 };
 
@@ -54,6 +55,14 @@ struct km_dp_wlistener {
     struct km_dp_wlistener *next;
 };
 
+/* The verified TLS peer of a downstream connection (tls.c), for the HTTP RBAC filter. */
+struct km_dp_peer {
+    bool authenticated;             /* a certificate the mesh CA verified */
+    char **uri_sans;                /* owned strings */
+    size_t nsans;
+};
+void km__dp_peer_free(struct km_dp_peer *p);
+
 /* A downstream connection of any filter kind, in its worker's list. */
 struct km_dp_conn {
     struct km_dp_worker *w;         /* borrowed */
@@ -61,6 +70,7 @@ struct km_dp_conn {
     const struct km_dp_listener *l; /* borrowed (from pub) */
     const struct km_dp_chain *chain; /* borrowed (from pub) */
     struct km_dp_stat_block *lst;   /* borrowed (from pub) */
+    struct km_dp_peer *peer;        /* owned: the TLS peer (HTTP connections), or NULL */
     void (*close)(struct km_dp_conn *c); /* tears the connection down and frees it */
     /* Optional: the listener is gone or the worker drains; close now if idle, else finish
      * the current exchange and close (HTTP keep-alive). May free the connection. */
@@ -125,6 +135,15 @@ void km__dp_tcp_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lid
 /* http_proxy.c: the HTTP connection manager, takes ownership of <fd>. */
 void km__dp_http_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                         const struct km_dp_chain *chain, int fd);
+/* The same for a connection relayed from TLS (tls.c): takes <peer> (may be NULL). */
+void km__dp_http_accept_peer(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                             const struct km_dp_chain *chain, int fd, struct km_dp_peer *peer);
+/* The HTTP RBAC filter of <chain> (listener <lidx> of <pub>) for one request of a connection
+ * whose TLS peer is <peer> (NULL: plaintext, no identity): counts
+ * "http.<prefix>.rbac.allowed/denied" (and shadow_*) and returns whether the request may go
+ * on. Chains without the filter allow everything (nothing counted). */
+bool km__dp_http_rbac_allow(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                            const struct km_dp_chain *chain, const struct km_dp_peer *peer);
 /* Closes the worker's idle upstream connections (worker quit). */
 void km__dp_http_worker_deinit(struct km_dp_worker *w);
 

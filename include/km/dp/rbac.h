@@ -11,7 +11,12 @@
  *
  * ALLOW: a connection is allowed when some policy matches it; DENY: when none does. Rules
  * absent = everything allowed. Shadow rules are only counted (shadow_allowed /
- * shadow_denied). For HTTP chains the check is per connection too (no 403 yet). */
+ * shadow_denied).
+ *
+ * The HTTP RBAC filter (envoy.filters.http.rbac in an HCM's http_filters, before the router)
+ * compiles to the same tree and is checked per request against the URI SANs of the
+ * connection's peer (http_proxy.c, http2_proxy.c): a denied request gets 403 "RBAC: access
+ * denied" (gRPC: PERMISSION_DENIED, trailers-only). */
 #ifndef KM_DP_RBAC_H
 #define KM_DP_RBAC_H
 
@@ -61,6 +66,11 @@ struct km_dp_rbac {
  * <errs> with the field path "<base>.<field>". Returns NULL on any error. */
 struct km_dp_rbac *km_dp_rbac_compile(const void *bytes, size_t len, const char *base,
                                       struct km_errs *errs);
+/* Compiles an encoded envoy.extensions.filters.http.rbac.v3.RBAC (rules and shadow_rules;
+ * matcher and shadow_matcher are errors). Its counters are
+ * named "<stat_prefix>rbac.<counter>" (Envoy: "http.<HCM stat_prefix>.rbac.denied"). */
+struct km_dp_rbac *km_dp_rbac_compile_http(const void *bytes, size_t len, const char *base,
+                                           const char *stat_prefix, struct km_errs *errs);
 void km_dp_rbac_free(struct km_dp_rbac *r);
 
 /* Outcome of one check. */

@@ -152,6 +152,8 @@ struct km_dp_chain {
     struct km_dp_tls_ctx *tls;
     /* The network RBAC filter before the terminal filter (rbac.h), or NULL. */
     struct km_dp_rbac *rbac;
+    /* HTTP connection manager: the HTTP RBAC filter before the router (rbac.h), or NULL. */
+    struct km_dp_rbac *http_rbac;
 };
 
 struct km_dp_listener {
