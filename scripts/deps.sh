@@ -6,7 +6,7 @@ want=(make gcc clang pkg-config libjansson-dev libyaml-dev libpq-dev libcurl4-op
       libmicrohttpd-dev libssl-dev libnghttp2-dev libxxhash-dev
       protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = test ]; then
-    want+=(postgresql python3-pytest python3-yaml curl python3-grpcio nghttp2-server)
+    want+=(postgresql python3-pytest python3-yaml curl openssl python3-grpcio nghttp2-server)
     # node may come from elsewhere (nodesource bundles npm): only install Debian's when absent
     if ! command -v node >/dev/null; then
         want+=(nodejs npm)
