@@ -155,6 +155,7 @@ bench: deps-test
 	bench/api.sh
 	bench/xds.sh 1000 1000
 	bench/dp.sh
+	bench/dp_mtls.sh
 
 # Test tools: a gRPC echo server on our transport (tests/e2e/test_grpc_interop.py).
 $(B)/grpc_echo_server: $(B)/tests/tools/grpc_echo_server.o $(B)/libkm.a
@@ -165,9 +166,11 @@ $(B)/xds-load: $(B)/bench/xds_load.o $(B)/libkm.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 $(B)/ca-bench: $(B)/bench/ca_bench.o $(B)/libkm.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+$(B)/tls-handshake: $(B)/bench/tls_handshake.o $(B)/libkm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/tests/xds/emit_samples.d $(B)/tests/tools/grpc_echo_server.d $(B)/bench/xds_load.d $(B)/bench/ca_bench.d $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
+-include $(LIB_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(B)/tests/xds/emit_samples.d $(B)/tests/tools/grpc_echo_server.d $(B)/bench/xds_load.d $(B)/bench/ca_bench.d $(B)/bench/tls_handshake.d $(B)/src/bin/kuma-cp.d $(B)/src/bin/kuma-dp.d $(B)/src/bin/kumactl.d
 .SECONDARY:
