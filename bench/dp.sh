@@ -73,6 +73,7 @@ until_ok 10 curl -fs "http://127.0.0.1:$origin/1k"
 api=$(port); diag=$(port); dps=$(port); plain=$(port)
 KUMA_API_SERVER_HTTP_PORT=$api KUMA_DIAGNOSTICS_SERVER_PORT=$diag KUMA_DP_SERVER_PORT=$dps \
 KUMA_DP_SERVER_PLAINTEXT_PORT=$plain KUMA_API_SERVER_HTTPS_ENABLED=false \
+KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none \
 KUMA_API_SERVER_HTTPS_PORT=$(port) KUMA_INTER_CP_SERVER_PORT=$(port) \
 KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=$(port) KUMA_MONITORING_ASSIGNMENT_SERVER_PORT=$(port) \
 KUMA_GENERAL_WORK_DIR=$tmp/cp bg "$bin/kuma-cp" run --log-level warn
