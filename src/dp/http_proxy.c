@@ -34,6 +34,7 @@
 #include <km/common/http1.h>
 #include <km/common/util.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/tls.h>
 #include <km/dp/rbac.h>
 #include <km/dp/router.h>
 
@@ -126,7 +127,11 @@ struct km_dp_uconn {
     struct km_dp_stat_block *est;  /* ref: endpoint stats */
     bool connecting;
     bool eof;                      /* read EOF or hit an error: never reused */
-    bool tls;                      /* through a TLS pipe: pooled for TLS clusters only */
+    bool tls;                      /* TLS cluster: pooled for TLS clusters only */
+    void *ssl;                     /* owned SSL * (direct TLS on fd, tls.c) or NULL */
+    bool hs;                       /* connecting: TCP is up, the TLS handshake goes on */
+    unsigned hs_want, rwant, wwant; /* TLS: what the handshake / last blocked read / write
+                                       waits for (KM_IO_*), 0 = none */
     bool rd;                       /* may have bytes to read: set by a read event, cleared by
                                       a short read (level-triggered epoll reports the rest) */
     struct hconn *owner;           /* borrowed, NULL when pooled */
@@ -136,6 +141,8 @@ struct km_dp_uconn {
 struct hconn {
     struct km_dp_conn base;        /* first */
     int fd;
+    void *ssl;                     /* owned SSL * (direct TLS on fd, tls.c) or NULL */
+    unsigned d_rwant, d_wwant;     /* TLS: like km_dp_uconn.rwant / wwant */
     struct sockaddr_storage local; /* the address the client connected to (chain selection) */
     struct km_io *io;              /* owned, NULL when nothing is awaited */
     struct km_timer *timer;        /* owned: route timeout */
@@ -200,6 +207,11 @@ uconn_free(struct km_dp_uconn *u)
     size_t w = u->w->id;
     km_io_free(u->io);
     km_timer_free(u->timer);
+    if (u->ssl) {
+        if (!u->connecting)
+            km__dp_tls_notify(u->ssl);
+        km__dp_tls_free(u->ssl);
+    }
     close(u->fd);
     km_dp_stat_add(u->cst, w, KM_DP_CS_CX_ACTIVE, -1);
     km_dp_stat_add(u->est, w, KM_DP_ES_CX_ACTIVE, -1);
@@ -403,7 +415,9 @@ h_connect(struct hconn *c, long exclude)
             km_dp_stat_inc(pub->est[c->ci][ei], w->id, KM_DP_ES_RQ_TOTAL);
             return;
         }
-        int fd = km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
+        void *ssl = NULL;
+        int fd = cl->tls ? km__dp_tls_connect_direct(w, pub, (size_t)c->ci, ei, &ssl)
+                         : km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
         if (fd < 0) {
             km__dp_endpoint_done(pub, w->id, (size_t)c->ci, ei);
             c->ei = -1;
@@ -420,12 +434,14 @@ h_connect(struct hconn *c, long exclude)
         }
         u = calloc(1, sizeof(*u));
         if (!u) {
+            km__dp_tls_free(ssl);
             close(fd);
             h_local_reply(c, 503, "out of memory");
             return;
         }
         u->w = w;
         u->fd = fd;
+        u->ssl = ssl;
         u->cluster = km_xstrdup(cl->name);
         u->addr = km_xstrdup(ep->addr_str);
         u->tls = cl->tls != NULL;
@@ -497,20 +513,43 @@ uconn_on_event(struct km_io *io, int fd, unsigned events, void *arg)
         uconn_free(u);
         return;
     }
-    if (events & KM_IO_READ)
-        u->rd = true;
-    if (u->connecting) {
+    bool up = false;
+    if ((events & KM_IO_READ) || (u->ssl && events))
+        u->rd = true; /* TLS: an SSL_read may have waited for writability */
+    if (u->connecting && !u->hs) {
         int err = 0;
         socklen_t len = sizeof(err);
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
             err = errno;
         if (err != 0) {
             h_connect_failed(c, false);
-        } else if (events & KM_IO_WRITE) {
-            u->connecting = false;
-            km_timer_stop(u->timer);
-            km_dp_stat_inc(c->base.pub->est[c->ci][c->ei], c->base.w->id, KM_DP_ES_RQ_TOTAL);
+            h_run(c);
+            return;
         }
+        if (events & KM_IO_WRITE) {
+            if (u->ssl)
+                u->hs = true; /* TLS to the upstream, under the connect timeout */
+            else
+                up = true;
+        }
+    }
+    if (u->connecting && u->hs) {
+        int r = km__dp_tls_handshake_up(c->base.w, c->base.pub, (size_t)c->ci, u->ssl,
+                                        &u->hs_want);
+        if (r < 0) {
+            h_connect_failed(c, false);
+            h_run(c);
+            return;
+        }
+        if (r > 0) {
+            u->hs = false;
+            up = true;
+        }
+    }
+    if (up) {
+        u->connecting = false;
+        km_timer_stop(u->timer);
+        km_dp_stat_inc(c->base.pub->est[c->ci][c->ei], c->base.w->id, KM_DP_ES_RQ_TOTAL);
     }
     h_run(c);
 }
@@ -1006,8 +1045,8 @@ static void
 h_on_down(struct km_io *io, int fd, unsigned events, void *arg)
 {
     struct hconn *c = arg;
-    if (events & KM_IO_READ)
-        c->d_rd = true;
+    if ((events & KM_IO_READ) || (c->ssl && events))
+        c->d_rd = true; /* TLS: an SSL_read may have waited for writability */
     c->d_woke = true;
     h_run(c);
 }
@@ -1038,8 +1077,11 @@ h_run(struct hconn *c)
         bool progress = false;
         /* 1. answer downstream */
         if (c->dout.len > 0) {
-            ssize_t n = send(c->fd, c->dout.p + c->dout.off, c->dout.len, MSG_NOSIGNAL);
+            ssize_t n = c->ssl ? km__dp_tls_send(c->ssl, c->dout.p + c->dout.off, c->dout.len,
+                                                 &c->d_wwant)
+                               : send(c->fd, c->dout.p + c->dout.off, c->dout.len, MSG_NOSIGNAL);
             if (n > 0) {
+                c->d_wwant = 0;
                 hbuf_consume(&c->dout, (size_t)n);
                 km_dp_stat_add(c->base.lst, w->id, KM_DP_LS_TX_BYTES, n);
                 progress = true;
@@ -1058,10 +1100,14 @@ h_run(struct hconn *c)
         /* 2. read downstream */
         if (c->d_rd && h_want_down_read(c) && hbuf_reserve(&c->din, 16384)) {
             size_t room = c->din.cap - c->din.off - c->din.len;
-            ssize_t n = recv(c->fd, c->din.p + c->din.off + c->din.len, room, 0);
+            uint8_t *at = c->din.p + c->din.off + c->din.len;
+            ssize_t n = c->ssl ? km__dp_tls_recv(c->ssl, at, room, &c->d_rwant)
+                               : recv(c->fd, at, room, 0);
             c->d_woke = false;
             if (n > 0) {
-                c->d_rd = (size_t)n == room; /* a short read emptied the socket */
+                /* a short read emptied the socket (TLS: and the SSL's buffer) */
+                c->d_rd = (size_t)n == room || (c->ssl && km__dp_tls_pending(c->ssl) > 0);
+                c->d_rwant = 0;
                 c->din.len += (size_t)n;
                 km_dp_stat_add(c->base.lst, w->id, KM_DP_LS_RX_BYTES, n);
                 progress = true;
@@ -1121,8 +1167,11 @@ h_run(struct hconn *c)
             progress = true;
         struct km_dp_uconn *u = c->up;
         if (c->active && u && !u->connecting && !u->eof && c->uout.len > 0) {
-            ssize_t n = send(u->fd, c->uout.p + c->uout.off, c->uout.len, MSG_NOSIGNAL);
+            ssize_t n = u->ssl ? km__dp_tls_send(u->ssl, c->uout.p + c->uout.off, c->uout.len,
+                                                 &u->wwant)
+                               : send(u->fd, c->uout.p + c->uout.off, c->uout.len, MSG_NOSIGNAL);
             if (n > 0) {
+                u->wwant = 0;
                 hbuf_consume(&c->uout, (size_t)n);
                 km_dp_stat_add(c->base.pub->cst[c->ci], w->id, KM_DP_CS_TX_BYTES, n);
                 progress = true;
@@ -1134,9 +1183,12 @@ h_run(struct hconn *c)
         if (h_want_up_read(c) && c->up->rd && hbuf_reserve(&c->uin, 16384)) {
             u = c->up;
             size_t room = c->uin.cap - c->uin.off - c->uin.len;
-            ssize_t n = recv(u->fd, c->uin.p + c->uin.off + c->uin.len, room, 0);
+            uint8_t *at = c->uin.p + c->uin.off + c->uin.len;
+            ssize_t n = u->ssl ? km__dp_tls_recv(u->ssl, at, room, &u->rwant)
+                               : recv(u->fd, at, room, 0);
             if (n > 0) {
-                u->rd = (size_t)n == room;
+                u->rd = (size_t)n == room || (u->ssl && km__dp_tls_pending(u->ssl) > 0);
+                u->rwant = 0;
                 c->uin.len += (size_t)n;
                 km_dp_stat_add(c->base.pub->cst[c->ci], w->id, KM_DP_CS_RX_BYTES, n);
                 progress = true;
@@ -1164,17 +1216,18 @@ h_run(struct hconn *c)
             break;
     }
     /* what to wait for */
-    unsigned dev = (h_want_down_read(c) ? KM_IO_READ : 0) | (c->dout.len ? KM_IO_WRITE : 0);
+    unsigned dev = (h_want_down_read(c) ? KM_IO_READ | c->d_rwant : 0) |
+                   (c->dout.len ? KM_IO_WRITE | c->d_wwant : 0);
     if (!h_watch_down(c, dev)) {
         h_close(&c->base);
         return;
     }
     struct km_dp_uconn *u = c->up;
     if (u) {
-        unsigned uev = u->connecting ? KM_IO_WRITE
+        unsigned uev = u->connecting ? (u->hs && u->hs_want ? u->hs_want : KM_IO_WRITE)
                        : u->eof      ? 0
-                                     : ((h_want_up_read(c) ? KM_IO_READ : 0) |
-                                        (c->uout.len ? KM_IO_WRITE : 0));
+                                     : ((h_want_up_read(c) ? KM_IO_READ | u->rwant : 0) |
+                                        (c->uout.len ? KM_IO_WRITE | u->wwant : 0));
         if (!h_watch(w->loop, &u->io, u->fd, uev, uconn_on_event, u)) {
             h_close(&c->base);
             return;
@@ -1195,7 +1248,12 @@ h_close(struct km_dp_conn *base)
     h_release_upstream(c, false);
     km_io_free(c->io);
     km_timer_free(c->timer);
-    close(c->fd);
+    if (c->ssl) {
+        km__dp_tls_notify(c->ssl);
+        km__dp_tls_free(c->ssl);
+    }
+    if (c->fd != -1)
+        close(c->fd);
     hbuf_free(&c->din);
     hbuf_free(&c->dout);
     hbuf_free(&c->uin);
@@ -1214,7 +1272,18 @@ h_handoff_h2(struct hconn *c)
 {
     km_io_free(c->io);
     c->io = NULL;
-    km__dp_h2_takeover(&c->base, c->fd, &c->local, c->din.p + c->din.off, c->din.len);
+    int fd = c->fd;
+    if (c->ssl) {
+        /* HTTP/2 over TLS found here (no ALPN): http2_proxy.c gets a TLS pipe (tls.c) */
+        fd = km__dp_tls_relay(c->base.w, c->base.pub, c->fd, c->ssl);
+        c->ssl = NULL;
+        c->fd = -1;
+        if (fd < 0) {
+            h_close(&c->base);
+            return;
+        }
+    }
+    km__dp_h2_takeover(&c->base, fd, &c->local, c->din.p + c->din.off, c->din.len);
     km_timer_free(c->timer);
     hbuf_free(&c->din);
     hbuf_free(&c->dout);
@@ -1250,13 +1319,22 @@ void
 km__dp_http_accept_peer(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                         const struct km_dp_chain *chain, int fd, struct km_dp_peer *peer)
 {
+    km__dp_http_accept_tls(w, pub, lidx, chain, fd, NULL, peer);
+}
+
+void
+km__dp_http_accept_tls(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                       const struct km_dp_chain *chain, int fd, void *ssl, struct km_dp_peer *peer)
+{
     struct hconn *c = calloc(1, sizeof(*c));
     if (!c) {
         km_dp_stat_inc(pub->lst[lidx], w->id, KM_DP_LS_OVERFLOW);
         km__dp_peer_free(peer);
+        km__dp_tls_free(ssl);
         close(fd);
         return;
     }
+    c->ssl = ssl;
     c->base.peer = peer;
     c->base.pub = km__dp_pub_ref(pub);
     c->base.l = &pub->snap->listeners[lidx];

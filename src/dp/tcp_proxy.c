@@ -7,7 +7,11 @@
  * read (backpressure). A read EOF becomes shutdown(SHUT_WR) on the other side once its pending
  * bytes are written; the pair closes when both directions are done, on an error, or after
  * idle_timeout_ms without traffic. A side with nothing to wait for is not watched (its epoll
- * HUP would otherwise fire forever while the other side drains). */
+ * HUP would otherwise fire forever while the other side drains).
+ *
+ * A TLS side (inbound after tls.c's handshake, or a cluster with a TLS context) reads and
+ * writes through its SSL on the socket itself; its interest is what the SSL waits for, and the
+ * upstream handshake runs in CONNECTING. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +20,7 @@
 
 #include <km/common/util.h>
 #include <km/dp/engine_int.h>
+#include <km/dp/tls.h>
 
 #define TCP_MAX_ATTEMPTS     2  /* connect attempts per downstream connection */
 #define TCP_READS_PER_EVENT  4  /* fairness: at most 4 chunks per direction per event */
@@ -26,6 +31,9 @@ struct tcp_side {
     struct km_io *io;   /* owned, NULL while there is nothing to wait for */
     bool eof;           /* read EOF from this side */
     bool shut;          /* we sent EOF (SHUT_WR) to this side */
+    void *ssl;          /* owned SSL *: direct TLS on fd (tls.c), NULL for plaintext */
+    unsigned rwant;     /* TLS: what the last blocked read waits for (KM_IO_*), 0 = none */
+    unsigned wwant;     /* TLS: the same for the last blocked write */
 };
 
 struct tcp_pending {
@@ -43,6 +51,8 @@ struct tcp_conn {
     struct km_dp_stat_block *est; /* borrowed (from pub), the current endpoint */
     int attempts;
     bool connecting, connected;
+    bool handshaking;         /* connecting: TCP is up, the upstream TLS handshake goes on */
+    unsigned hs_want;         /* what the handshake waits for (KM_IO_*) */
     struct km_timer *timer;   /* owned: connect timeout, then idle timeout */
     uint64_t last_ms;         /* last traffic, for the idle timeout */
     unsigned spurious;
@@ -60,9 +70,15 @@ tcp_close(struct km_dp_conn *base)
     km_io_free(c->d.io);
     km_io_free(c->u.io);
     km_timer_free(c->timer);
+    if (c->d.ssl && !c->d.shut)
+        km__dp_tls_notify(c->d.ssl);
+    km__dp_tls_free(c->d.ssl);
     if (c->d.fd != -1)
         close(c->d.fd);
     if (c->u.fd != -1) {
+        if (c->u.ssl && c->connected && !c->u.shut)
+            km__dp_tls_notify(c->u.ssl);
+        km__dp_tls_free(c->u.ssl);
         close(c->u.fd);
         km_dp_stat_add(c->cst, w, KM_DP_CS_CX_ACTIVE, -1);
         km_dp_stat_add(c->est, w, KM_DP_ES_CX_ACTIVE, -1);
@@ -78,6 +94,29 @@ tcp_close(struct km_dp_conn *base)
 static void
 tcp_update(struct tcp_conn *c);
 
+/* recv/send on a side: plaintext, or through its SSL (errno EAGAIN with the SSL's want). */
+static ssize_t
+side_recv(struct tcp_side *s, void *buf, size_t n)
+{
+    if (!s->ssl)
+        return recv(s->fd, buf, n, 0);
+    ssize_t r = km__dp_tls_recv(s->ssl, buf, n, &s->rwant);
+    if (r >= 0)
+        s->rwant = 0;
+    return r;
+}
+
+static ssize_t
+side_send(struct tcp_side *s, const void *buf, size_t n)
+{
+    if (!s->ssl)
+        return send(s->fd, buf, n, MSG_NOSIGNAL);
+    ssize_t r = km__dp_tls_send(s->ssl, buf, n, &s->wwant);
+    if (r >= 0)
+        s->wwant = 0;
+    return r;
+}
+
 /* Moves bytes from <src> to <dst> through <p>. Returns false when the pair must close. */
 static bool
 tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct tcp_pending *p,
@@ -87,7 +126,7 @@ tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct 
     size_t wid = w->id;
     /* 1. flush what is pending */
     while (p->len > 0) {
-        ssize_t n = send(dst->fd, p->buf + p->off, p->len, MSG_NOSIGNAL);
+        ssize_t n = side_send(dst, p->buf + p->off, p->len);
         if (n == -1) {
             if (errno == EINTR)
                 continue;
@@ -108,7 +147,7 @@ tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct 
     }
     /* 2. read and forward while the destination keeps up */
     for (int i = 0; i < TCP_READS_PER_EVENT && !src->eof; i++) {
-        ssize_t n = recv(src->fd, w->scratch, KM_DP_IO_CHUNK, 0);
+        ssize_t n = side_recv(src, w->scratch, KM_DP_IO_CHUNK);
         if (n == 0) {
             src->eof = true;
             break;
@@ -125,7 +164,7 @@ tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct 
         c->last_ms = km_loop_now_ms(w->loop);
         size_t done = 0;
         while (done < (size_t)n) {
-            ssize_t m = send(dst->fd, w->scratch + done, (size_t)n - done, MSG_NOSIGNAL);
+            ssize_t m = side_send(dst, w->scratch + done, (size_t)n - done);
             if (m == -1) {
                 if (errno == EINTR)
                     continue;
@@ -150,6 +189,8 @@ tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct 
     }
     /* 3. propagate EOF once everything read was written */
     if (src->eof && p->len == 0 && !dst->shut) {
+        if (dst->ssl)
+            km__dp_tls_notify(dst->ssl); /* close_notify first */
         if (shutdown(dst->fd, SHUT_WR) == -1 && errno != ENOTCONN)
             return false;
         dst->shut = true;
@@ -161,6 +202,23 @@ tcp_pump(struct tcp_conn *c, struct tcp_side *src, struct tcp_side *dst, struct 
  * (peer FIN after our own SHUT_WR) even without interest, and a side that is only waiting for
  * the other one to drain must not spin on it. Closes the pair when both directions are done
  * (or when a watcher cannot be created). Returns false when the pair was closed. */
+/* What side <s> waits for (a TLS side: what its SSL waits for). */
+static unsigned
+tcp_interest(const struct tcp_conn *c, const struct tcp_side *s)
+{
+    bool down = s == &c->d;
+    const struct tcp_pending *in = down ? &c->d2u : &c->u2d;  /* read from s into this */
+    const struct tcp_pending *out = down ? &c->u2d : &c->d2u; /* written to s from this */
+    unsigned ev = 0;
+    if (c->connected && !s->eof && in->len == 0)
+        ev |= s->rwant ? s->rwant : KM_IO_READ;
+    if (out->len > 0)
+        ev |= s->wwant ? s->wwant : KM_IO_WRITE;
+    if (!down && c->connecting)
+        ev |= c->handshaking && c->hs_want ? c->hs_want : KM_IO_WRITE;
+    return ev;
+}
+
 static bool
 tcp_finish_or_watch(struct tcp_conn *c)
 {
@@ -174,13 +232,7 @@ tcp_finish_or_watch(struct tcp_conn *c)
         bool down = s == &c->d;
         if (s->fd == -1)
             continue;
-        struct tcp_pending *in = down ? &c->d2u : &c->u2d;  /* read from s into this */
-        struct tcp_pending *out = down ? &c->u2d : &c->d2u; /* written to s from this */
-        unsigned ev = 0;
-        if (c->connected && !s->eof && in->len == 0)
-            ev |= KM_IO_READ;
-        if (out->len > 0 || (!down && c->connecting))
-            ev |= KM_IO_WRITE;
+        unsigned ev = tcp_interest(c, s);
         if (ev == 0) {
             km_io_free(s->io);
             s->io = NULL;
@@ -218,22 +270,20 @@ static void
 tcp_on_down(struct km_io *io, int fd, unsigned events, void *arg)
 {
     struct tcp_conn *c = arg;
-    unsigned want = 0;
-    if (c->connected && !c->d.eof && c->d2u.len == 0)
-        want |= KM_IO_READ;
-    if (c->u2d.len > 0)
-        want |= KM_IO_WRITE;
+    unsigned want = tcp_interest(c, &c->d);
     if ((events & want) == 0) {
         if (tcp_spurious_fatal(c, fd))
             tcp_close(&c->base);
         return;
     }
     c->spurious = 0;
-    if ((events & KM_IO_WRITE) && !tcp_pump(c, &c->u, &c->d, &c->u2d, false)) {
+    /* TLS: an SSL_read may wait for writability and an SSL_write for readability */
+    unsigned ev = c->d.ssl ? KM_IO_READ | KM_IO_WRITE : events;
+    if ((ev & KM_IO_WRITE) && !tcp_pump(c, &c->u, &c->d, &c->u2d, false)) {
         tcp_close(&c->base);
         return;
     }
-    if ((events & KM_IO_READ) && !tcp_pump(c, &c->d, &c->u, &c->d2u, true)) {
+    if ((ev & KM_IO_READ) && !tcp_pump(c, &c->d, &c->u, &c->d2u, true)) {
         tcp_close(&c->base);
         return;
     }
@@ -272,6 +322,10 @@ tcp_connect_failed(struct tcp_conn *c, bool timeout)
     if (c->u.fd != -1) {
         km_io_free(c->u.io);
         c->u.io = NULL;
+        km__dp_tls_free(c->u.ssl);
+        c->u.ssl = NULL;
+        c->handshaking = false;
+        c->hs_want = 0;
         close(c->u.fd);
         c->u.fd = -1;
         km_dp_stat_add(c->cst, w, KM_DP_CS_CX_ACTIVE, -1);
@@ -292,36 +346,50 @@ tcp_on_up(struct km_io *io, int fd, unsigned events, void *arg)
 {
     struct tcp_conn *c = arg;
     if (c->connecting) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
-            err = errno;
-        if (err == 0 && (events & KM_IO_WRITE)) {
-            tcp_connected(c);
-            tcp_update(c);
+        if (!c->handshaking) {
+            int err = 0;
+            socklen_t len = sizeof(err);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+                err = errno;
+            if (err != 0) {
+                tcp_connect_failed(c, false);
+                return;
+            }
+            if (!(events & KM_IO_WRITE))
+                return; /* not yet */
+            if (!c->u.ssl) {
+                tcp_connected(c);
+                tcp_update(c);
+                return;
+            }
+            c->handshaking = true; /* TLS to the upstream, under the connect timeout */
+        }
+        int r = km__dp_tls_handshake_up(c->base.w, c->base.pub, (size_t)c->ci, c->u.ssl,
+                                        &c->hs_want);
+        if (r < 0) {
+            tcp_connect_failed(c, false);
             return;
         }
-        if (err == 0)
-            return; /* not yet */
-        tcp_connect_failed(c, false);
+        if (r > 0) {
+            c->handshaking = false;
+            tcp_connected(c);
+        }
+        tcp_update(c);
         return;
     }
-    unsigned want = 0;
-    if (c->connected && !c->u.eof && c->u2d.len == 0)
-        want |= KM_IO_READ;
-    if (c->d2u.len > 0)
-        want |= KM_IO_WRITE;
+    unsigned want = tcp_interest(c, &c->u);
     if ((events & want) == 0) {
         if (tcp_spurious_fatal(c, fd))
             tcp_close(&c->base);
         return;
     }
     c->spurious = 0;
-    if ((events & KM_IO_WRITE) && !tcp_pump(c, &c->d, &c->u, &c->d2u, true)) {
+    unsigned ev = c->u.ssl ? KM_IO_READ | KM_IO_WRITE : events;
+    if ((ev & KM_IO_WRITE) && !tcp_pump(c, &c->d, &c->u, &c->d2u, true)) {
         tcp_close(&c->base);
         return;
     }
-    if ((events & KM_IO_READ) && !tcp_pump(c, &c->u, &c->d, &c->u2d, false)) {
+    if ((ev & KM_IO_READ) && !tcp_pump(c, &c->u, &c->d, &c->u2d, false)) {
         tcp_close(&c->base);
         return;
     }
@@ -369,9 +437,13 @@ tcp_attempt(struct tcp_conn *c, long exclude)
         c->attempts++;
         km_dp_stat_inc(c->cst, w->id, KM_DP_CS_CX_TOTAL);
         km_dp_stat_inc(c->est, w->id, KM_DP_ES_CX_TOTAL);
-        int fd = km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
+        void *ssl = NULL;
+        int fd = pub->snap->clusters[c->ci].tls
+                     ? km__dp_tls_connect_direct(w, pub, (size_t)c->ci, ei, &ssl)
+                     : km__dp_connect_cluster(w, pub, (size_t)c->ci, ei);
         if (fd >= 0) {
             c->u.fd = fd;
+            c->u.ssl = ssl;
             km_dp_stat_inc(c->cst, w->id, KM_DP_CS_CX_ACTIVE);
             km_dp_stat_inc(c->est, w->id, KM_DP_ES_CX_ACTIVE);
             c->u.io = km_io_new(w->loop, fd, KM_IO_WRITE, tcp_on_up, c);
@@ -402,12 +474,21 @@ void
 km__dp_tcp_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                   const struct km_dp_chain *chain, int fd)
 {
+    km__dp_tcp_accept_tls(w, pub, lidx, chain, fd, NULL);
+}
+
+void
+km__dp_tcp_accept_tls(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                      const struct km_dp_chain *chain, int fd, void *ssl)
+{
     struct tcp_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         km_dp_stat_inc(pub->lst[lidx], w->id, KM_DP_LS_OVERFLOW);
+        km__dp_tls_free(ssl);
         close(fd);
         return;
     }
+    c->d.ssl = ssl;
     c->base.pub = km__dp_pub_ref(pub);
     c->base.l = &pub->snap->listeners[lidx];
     c->base.chain = chain;

@@ -1,6 +1,7 @@
 /* kuma-dp's TLS: SDS secrets, TLS contexts (SSL_CTX per context and snapshot), ClientHello
  * inspection, filter chain matching, and the TLS pipes of the engine (see tls.h). */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1015,6 +1016,34 @@ static bool
 pipe_deliver(struct km_dp_tls_pipe *p, struct km_dp_peer *peer)
 {
     int sv[2];
+    const unsigned char *proto = NULL;
+    unsigned protolen = 0;
+    SSL_get0_alpn_selected(p->ssl, &proto, &protolen);
+    bool h2 = p->chain->codec == KM_DP_CODEC_HTTP2 ||
+              (protolen == 2 && memcmp(proto, "h2", 2) == 0);
+    if (p->chain->kind == KM_DP_FILTER_TCP_PROXY || !h2) {
+        /* direct: the filter reads and writes through the SSL on the socket itself (no relay
+         * hop); HTTP/2 keeps the pipe */
+        struct km_dp_worker *w = p->w;
+        struct km_dp_pub *pub = km__dp_pub_ref(p->pub);
+        const struct km_dp_chain *chain = p->chain;
+        size_t lidx = p->lidx;
+        int fd = p->sfd;
+        SSL *ssl = p->ssl;
+        p->sfd = -1;
+        p->ssl = NULL;
+        km_io_free(p->sio);
+        p->sio = NULL;
+        pipe_free(p);
+        if (chain->kind == KM_DP_FILTER_TCP_PROXY) {
+            km__dp_peer_free(peer);
+            km__dp_tcp_accept_tls(w, pub, lidx, chain, fd, ssl);
+        } else {
+            km__dp_http_accept_tls(w, pub, lidx, chain, fd, ssl, peer);
+        }
+        km__dp_pub_unref(pub);
+        return false;
+    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == -1) {
         km__dp_peer_free(peer);
         pipe_lstat(p, KM_DP_LS_OVERFLOW);
@@ -1541,5 +1570,181 @@ km__dp_tls_connect(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, lon
     p->st = P_CONNECT;
     km_timer_arm(p->timer, cl->connect_timeout_ms ? cl->connect_timeout_ms : 5000);
     pipe_update(p);
+    return sv[1];
+}
+
+/* ---- direct TLS (no pipe) ---- */
+
+static ssize_t
+tls_io_error(SSL *ssl, int r, unsigned *want, bool rd)
+{
+    int se = errno;
+    int e = SSL_get_error(ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        *want = KM_IO_READ;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        *want = KM_IO_WRITE;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        if (rd)
+            return 0;
+        errno = EPIPE;
+        return -1;
+    case SSL_ERROR_SYSCALL:
+        errno = se && se != EAGAIN && se != EWOULDBLOCK && se != EINTR ? se : ECONNRESET;
+        break;
+    default:
+        errno = EPROTO;
+        break;
+    }
+    /* a broken connection: no close_notify on it later */
+    SSL_set_quiet_shutdown(ssl, 1);
+    se = errno;
+    ERR_clear_error();
+    errno = se;
+    return -1;
+}
+
+ssize_t
+km__dp_tls_recv(void *ssl, void *buf, size_t n, unsigned *want)
+{
+    ERR_clear_error();
+    int r = SSL_read(ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0)
+        return r;
+    return tls_io_error(ssl, r, want, true);
+}
+
+ssize_t
+km__dp_tls_send(void *ssl, const void *buf, size_t n, unsigned *want)
+{
+    ERR_clear_error();
+    int r = SSL_write(ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0)
+        return r;
+    return tls_io_error(ssl, r, want, false);
+}
+
+size_t
+km__dp_tls_pending(void *ssl)
+{
+    int n = SSL_pending(ssl);
+    return n > 0 ? (size_t)n : 0;
+}
+
+void
+km__dp_tls_notify(void *ssl)
+{
+    ERR_clear_error();
+    if (SSL_is_init_finished((SSL *)ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN))
+        (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+}
+
+void
+km__dp_tls_free(void *ssl)
+{
+    SSL_free(ssl);
+}
+
+int
+km__dp_tls_connect_direct(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, long ei,
+                          void **out)
+{
+    const struct km_dp_cluster *cl = &pub->snap->clusters[ci];
+    const struct km_dp_tls_ctx *t = cl->tls;
+    pthread_once(&tls_once, tls_init_once);
+    if (!t->ssl_ctx) {
+        km_dp_stat_inc(pub->cst[ci], w->id, KM_DP_CS_SSL_ERROR);
+        return -ECONNREFUSED; /* the secrets are not there yet */
+    }
+    SSL *ssl = SSL_new(t->ssl_ctx);
+    if (!ssl)
+        return -ENOMEM;
+    int fd = km__dp_connect(&cl->eps[ei]);
+    if (fd < 0) {
+        SSL_free(ssl);
+        return fd;
+    }
+    if (SSL_set_fd(ssl, fd) != 1) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        close(fd);
+        return -ENOMEM;
+    }
+    SSL_set_connect_state(ssl);
+    if (t->sni)
+        SSL_set_tlsext_host_name(ssl, t->sni);
+    pthread_mutex_lock(&t->cache->mu);
+    if (t->cache->sess)
+        SSL_set_session(ssl, t->cache->sess);
+    pthread_mutex_unlock(&t->cache->mu);
+    *out = ssl;
+    return fd;
+}
+
+int
+km__dp_tls_handshake_up(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, void *ssl_,
+                        unsigned *want)
+{
+    SSL *ssl = ssl_;
+    struct km_dp_stat_block *cst = pub->cst[ci];
+    ERR_clear_error();
+    int r = SSL_do_handshake(ssl);
+    if (r != 1) {
+        int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            *want = e == SSL_ERROR_WANT_READ ? KM_IO_READ : KM_IO_WRITE;
+            return 0;
+        }
+        long vr = SSL_get_verify_result(ssl);
+        unsigned long err = ERR_peek_error();
+        km_dp_stat_inc(cst, w->id, vr != X509_V_OK ? KM_DP_CS_SSL_FAIL_VERIFY : KM_DP_CS_SSL_ERROR);
+        km_log_debug("dp", "TLS handshake failed: %s (verify: %s)",
+                     err ? ERR_reason_error_string(err) : "connection closed",
+                     X509_verify_cert_error_string(vr));
+        SSL_set_quiet_shutdown(ssl, 1);
+        ERR_clear_error();
+        return -1;
+    }
+    *want = 0;
+    km_dp_stat_inc(cst, w->id, KM_DP_CS_SSL_HANDSHAKE);
+    if (SSL_session_reused(ssl))
+        km_dp_stat_inc(cst, w->id, KM_DP_CS_SSL_REUSED);
+    char *sans[TLS_MAX_SANS];
+    size_t n = peer_uri_sans(ssl, sans);
+    bool ok = san_ok(pub->snap->clusters[ci].tls, sans, n);
+    free_sans(sans, n);
+    if (!ok) {
+        km_dp_stat_inc(cst, w->id, KM_DP_CS_SSL_FAIL_SAN);
+        SSL_set_quiet_shutdown(ssl, 1);
+        return -1;
+    }
+    return 1;
+}
+
+int
+km__dp_tls_relay(struct km_dp_worker *w, struct km_dp_pub *pub, int fd, void *ssl)
+{
+    int sv[2];
+    struct km_dp_tls_pipe *p = pipe_new(w, pub, fd);
+    if (!p) {
+        SSL_free(ssl);
+        close(fd);
+        return -ENOMEM;
+    }
+    p->ssl = ssl;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == -1) {
+        int e = errno;
+        pipe_free(p); /* closes fd, frees ssl */
+        return -e;
+    }
+    p->pfd = sv[0];
+    p->st = P_RELAY;
+    pipe_step(p, false); /* bytes the SSL holds already; may end the pipe (sv[1] sees EOF) */
     return sv[1];
 }

@@ -6,6 +6,7 @@
  * filter: 403 / PERMISSION_DENIED per request, following config changes on kept-alive
  * connections), and secret rotation. */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -1129,4 +1130,56 @@ KM_TEST(dp_tls_snapshot_http_rbac)
     ASSERT_STR_CONTAINS(e, "the router must be the last HTTP filter");
     free(e);
     res_free(&r);
+}
+
+/* A bulk stream both ways through the pair (TCP proxy reading and writing through its SSL on
+ * both TLS sides, no relay): backpressure, blocked SSL_write retries, then a half-close that
+ * must come back as EOF after every byte. */
+KM_TEST(dp_tls_engine_bulk_half_close)
+{
+    struct env v;
+    env_start(&v, 1, "backend", NULL);
+    int fd = tconnect(v.out_port);
+    ASSERT(fd >= 0);
+    ASSERT(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
+    const size_t total = 3u * 1024u * 1024u;
+    size_t sent = 0, got = 0;
+    bool shut = false, eof = false, ok = true;
+    uint8_t buf[32768];
+    uint64_t deadline = now_ms() + 20000;
+    while (!eof && ok && now_ms() < deadline) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN | (sent < total ? POLLOUT : 0)};
+        if (poll(&pf, 1, 500) < 0)
+            continue;
+        while (sent < total) {
+            size_t n = total - sent < sizeof(buf) ? total - sent : sizeof(buf);
+            for (size_t i = 0; i < n; i++)
+                buf[i] = (uint8_t)((sent + i) * 7u);
+            ssize_t k = send(fd, buf, n, MSG_NOSIGNAL);
+            if (k <= 0)
+                break;
+            sent += (size_t)k;
+        }
+        if (sent == total && !shut) {
+            ASSERT(shutdown(fd, SHUT_WR) == 0);
+            shut = true;
+        }
+        for (;;) {
+            ssize_t k = recv(fd, buf, sizeof(buf), 0);
+            if (k == 0) {
+                eof = true;
+                break;
+            }
+            if (k < 0)
+                break;
+            for (ssize_t i = 0; i < k && ok; i++)
+                ok = buf[i] == (uint8_t)((got + (size_t)i) * 7u);
+            got += (size_t)k;
+        }
+    }
+    ASSERT(ok);
+    ASSERT(eof);
+    ASSERT_INT_EQ((long long)got, (long long)total);
+    close(fd);
+    env_stop(&v);
 }

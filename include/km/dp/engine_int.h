@@ -132,12 +132,20 @@ const struct km_dp_chain *km__dp_chain_select(const struct km_dp_listener *l,
 /* tcp_proxy.c: takes ownership of <fd>; always consumes it (closes on failure). */
 void km__dp_tcp_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                        const struct km_dp_chain *chain, int fd);
+/* The same for a TLS connection whose handshake tls.c did: the proxy reads and writes through
+ * <ssl> (an SSL *, taken) on <fd> itself. */
+void km__dp_tcp_accept_tls(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                           const struct km_dp_chain *chain, int fd, void *ssl);
 /* http_proxy.c: the HTTP connection manager, takes ownership of <fd>. */
 void km__dp_http_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                         const struct km_dp_chain *chain, int fd);
 /* The same for a connection relayed from TLS (tls.c): takes <peer> (may be NULL). */
 void km__dp_http_accept_peer(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
                              const struct km_dp_chain *chain, int fd, struct km_dp_peer *peer);
+/* The same, reading and writing through <ssl> (an SSL *, taken, handshake done) on <fd>. */
+void km__dp_http_accept_tls(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lidx,
+                            const struct km_dp_chain *chain, int fd, void *ssl,
+                            struct km_dp_peer *peer);
 /* The HTTP RBAC filter of <chain> (listener <lidx> of <pub>) for one request of a connection
  * whose TLS peer is <peer> (NULL: plaintext, no identity): counts
  * "http.<prefix>.rbac.allowed/denied" (and shadow_*) and returns whether the request may go

@@ -17,10 +17,14 @@
  * (alpn_protocols), the server chain verified against the CA and its URI SAN against the
  * matchers; sessions resumed with tickets (one cached session per cluster context).
  *
- * Engine. The TLS side of a connection is a relay (a "pipe") between the TLS socket and one
- * end of a socketpair whose other end is handed to the TCP proxy or the HTTP connection
- * manager as if it were a plaintext socket: both filters work unchanged. Each direction holds
- * at most KM_DP_TLS_BUF bytes; a side is not read while the other has not taken them. EOF is
+ * Engine. Inbound, tls.c inspects and does the handshake, peer verification and network RBAC;
+ * then the TCP proxy and the HTTP/1 connection manager take the socket and its SSL and read
+ * and write through it themselves ("direct"); upstream, they connect with
+ * km__dp_tls_connect_direct and drive km__dp_tls_handshake_up under the connect timeout. The
+ * rest (HTTP/2: ALPN h2, an h2 codec or a preface found later; http2_proxy.c) goes through
+ * a relay (a "pipe") between the TLS socket and one end of a socketpair whose other end is
+ * handed to the filter as if it were a plaintext socket. Each direction of a pipe holds at
+ * most KM_DP_TLS_BUF bytes; a side is not read while the other has not taken them. EOF is
  * propagated (close_notify + shutdown(SHUT_WR) one way, shutdown(SHUT_WR) the other). */
 #ifndef KM_DP_TLS_H
 #define KM_DP_TLS_H
@@ -29,6 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <km/common/errs.h>
 #include <km/dp/snapshot.h>
@@ -120,5 +125,33 @@ void km__dp_tls_accept(struct km_dp_worker *w, struct km_dp_pub *pub, size_t lid
 int km__dp_tls_connect(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, long ei);
 /* Closes every pipe of the worker (worker quit). */
 void km__dp_tls_worker_deinit(struct km_dp_worker *w);
+
+/* ---- direct TLS: a filter reads and writes through the SSL on its own socket (no pipe) ----
+ * <ssl> is an SSL *. recv/send return like recv(2)/send(2): bytes (> 0), 0 for EOF (recv:
+ * close_notify or the peer's FIN), or -1 with errno: EAGAIN when OpenSSL waits for the socket,
+ * *want then says for what (KM_IO_READ or KM_IO_WRITE: an SSL_read may need to write and the
+ * other way round); another errno for a failed connection. A blocked send is retried with at
+ * least the same bytes (the buffer may move). */
+ssize_t km__dp_tls_recv(void *ssl, void *buf, size_t n, unsigned *want);
+ssize_t km__dp_tls_send(void *ssl, const void *buf, size_t n, unsigned *want);
+/* Decrypted bytes buffered in <ssl> that no socket event will announce. */
+size_t km__dp_tls_pending(void *ssl);
+/* Sends close_notify (best effort, never blocks); the socket stays open. */
+void km__dp_tls_notify(void *ssl);
+/* Frees <ssl> (NULL is fine); the socket stays the caller's. */
+void km__dp_tls_free(void *ssl);
+/* Upstream: starts a TCP connect to endpoint <ei> of cluster <ci> (which has a TLS context)
+ * and returns the socket (connect in progress) with *ssl in client state (SNI, session), or
+ * -errno. */
+int km__dp_tls_connect_direct(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, long ei,
+                              void **ssl);
+/* Upstream: drives the handshake once the TCP connect is done. 1: done, the server's identity
+ * verified (ssl.handshake counted); 0: in progress, wait for *want; -1: failed (ssl.* counted,
+ * the caller counts the connect failure). */
+int km__dp_tls_handshake_up(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, void *ssl,
+                            unsigned *want);
+/* Fallback to a pipe for an established direct connection (e.g. HTTP/2 found after the fact):
+ * takes <fd> and <ssl>, returns the plaintext end or -errno (both closed then). */
+int km__dp_tls_relay(struct km_dp_worker *w, struct km_dp_pub *pub, int fd, void *ssl);
 
 #endif
