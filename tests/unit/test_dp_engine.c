@@ -19,83 +19,13 @@
 #include <km/dp/snapshot.h>
 #include <km/dp/stats.h>
 
+#include "dp_util.h"
 #include "test.h"
 
 /* ---- small helpers ---- */
 
-static uint64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void
-sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
-sin_loopback(struct sockaddr_in *sin, uint16_t port)
-{
-    memset(sin, 0, sizeof(*sin));
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-}
-
 /* A port nobody listens on, held (bound, SO_REUSEPORT, not listening) until closed: connects
  * to it are refused, and an engine listener can still bind it. */
-static uint16_t
-reserve_port(int *fd_out)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ASSERT(fd >= 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0);
-    struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
-    ASSERT(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-    socklen_t sl = sizeof(sin);
-    ASSERT(getsockname(fd, (struct sockaddr *)&sin, &sl) == 0);
-    *fd_out = fd;
-    return ntohs(sin.sin_port);
-}
-
-/* Blocking connect with 5 s receive/send timeouts; -errno on failure. */
-static int
-tconnect(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT(fd >= 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sin;
-    sin_loopback(&sin, port);
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    return fd;
-}
-
-static void
-send_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    while (n > 0) {
-        ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-        ASSERT(k > 0);
-        b += k;
-        n -= (size_t)k;
-    }
-}
 
 static void
 recv_exact(int fd, void *p, size_t n)
@@ -116,8 +46,8 @@ recv_until_eof(int fd, uint64_t timeout_ms)
 {
     uint8_t buf[4096];
     ssize_t total = 0;
-    uint64_t end = now_ms() + timeout_ms;
-    while (now_ms() < end) {
+    uint64_t end = dpt_now_ms() + timeout_ms;
+    while (dpt_now_ms() < end) {
         ssize_t k = recv(fd, buf, sizeof(buf), 0);
         if (k == 0)
             return total;
@@ -134,7 +64,7 @@ echo_roundtrip(int fd, const char *msg)
     char buf[256];
     size_t n = strlen(msg);
     ASSERT(n < sizeof(buf));
-    send_all(fd, msg, n);
+    dpt_send_all(fd, msg, n);
     recv_exact(fd, buf, n);
     buf[n] = 0;
     ASSERT_STR_EQ(buf, msg);
@@ -246,7 +176,7 @@ echo_start(struct echo_srv *s, char tag)
     s->loop = km_loop_new();
     s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(s->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(s->lfd, 512) == 0);
     socklen_t sl = sizeof(sin);
@@ -299,7 +229,7 @@ tsnap_listener(struct km_dp_snapshot *s, size_t i, const char *name, uint16_t po
     struct km_dp_listener *l = &s->listeners[i];
     l->name = km_xstrdup(name);
     struct sockaddr_in sin;
-    sin_loopback(&sin, port);
+    dpt_sin_loopback(&sin, port);
     memcpy(&l->addr, &sin, sizeof(sin));
     l->addrlen = sizeof(sin);
     l->addr_str = km_xasprintf("127.0.0.1:%u", port);
@@ -334,7 +264,7 @@ tsnap_cluster(struct km_dp_snapshot *s, size_t i, const char *name, uint32_t con
     for (size_t j = 0; j < nports; j++) {
         struct km_dp_endpoint *ep = &c->eps[j];
         struct sockaddr_in sin;
-        sin_loopback(&sin, ports[j]);
+        dpt_sin_loopback(&sin, ports[j]);
         memcpy(&ep->addr, &sin, sizeof(sin));
         ep->addrlen = sizeof(sin);
         ep->addr_str = km_xasprintf("127.0.0.1:%u", ports[j]);
@@ -353,34 +283,14 @@ engine_new(unsigned workers)
     return e;
 }
 
-static void
-publish_and_wait(struct km_dp_engine *e, struct km_dp_snapshot *s)
-{
-    km_dp_engine_publish(e, s);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_applied_generation(e) < s->generation && now_ms() < end)
-        sleep_ms(1);
-    ASSERT(km_dp_engine_applied_generation(e) >= s->generation);
-    km_dp_snapshot_unref(s); /* the engine holds its own reference */
-}
-
-static int64_t
-stat_of(struct km_dp_engine *e, const char *name)
-{
-    int64_t v = -1;
-    if (!km_dp_stats_lookup(km_dp_engine_stats(e), name, &v))
-        return -1;
-    return v;
-}
-
 /* Waits up to 5 s for a stat to reach <want>. */
 static void
 wait_stat(struct km_dp_engine *e, const char *name, int64_t want)
 {
-    uint64_t end = now_ms() + 5000;
-    while (stat_of(e, name) != want && now_ms() < end)
-        sleep_ms(2);
-    int64_t got = stat_of(e, name);
+    uint64_t end = dpt_now_ms() + 5000;
+    while (dpt_stat_of(e, name) != want && dpt_now_ms() < end)
+        dpt_sleep_ms(2);
+    int64_t got = dpt_stat_of(e, name);
     if (got != want)
         KM_FAIL_AT("stat %s: %lld, want %lld", name, (long long)got, (long long)want);
 }
@@ -405,9 +315,9 @@ bulk_echo(int *fds, size_t n, size_t total, size_t tag_bytes)
     for (size_t i = 0; i < n; i++)
         fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
     size_t done = 0;
-    uint64_t end = now_ms() + 15000;
+    uint64_t end = dpt_now_ms() + 15000;
     while (done < n) {
-        ASSERT(now_ms() < end);
+        ASSERT(dpt_now_ms() < end);
         for (size_t i = 0; i < n; i++) {
             pfd[i].fd = eof[i] ? -1 : fds[i];
             pfd[i].events = POLLIN | (sent[i] < total ? POLLOUT : 0);
@@ -469,16 +379,16 @@ KM_TEST(dp_engine_tcp_large_transfer_half_close)
     struct echo_srv be;
     echo_start(&be, 0);
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(2);
     ASSERT(!km_dp_engine_is_ready(e));
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "backend", 0, 0);
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
     ASSERT(km_dp_engine_is_ready(e));
 
-    int fd = tconnect(lport);
+    int fd = dpt_tconnect(lport);
     ASSERT(fd >= 0);
     size_t total = 10u * 1024u * 1024u;
     bulk_echo(&fd, 1, total, 0);
@@ -488,16 +398,16 @@ KM_TEST(dp_engine_tcp_large_transfer_half_close)
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_active", lport);
     wait_stat(e, name, 0);
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_total", lport);
-    ASSERT_INT_EQ(stat_of(e, name), 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, name), 1);
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_rx_bytes_total", lport);
-    ASSERT_INT_EQ(stat_of(e, name), total);
+    ASSERT_INT_EQ(dpt_stat_of(e, name), total);
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_tx_bytes_total", lport);
-    ASSERT_INT_EQ(stat_of(e, name), total);
-    ASSERT_INT_EQ(stat_of(e, "cluster.backend.upstream_cx_total"), 1);
-    ASSERT_INT_EQ(stat_of(e, "cluster.backend.upstream_cx_active"), 0);
-    ASSERT_INT_EQ(stat_of(e, "cluster.backend.upstream_cx_tx_bytes_total"), total);
-    ASSERT_INT_EQ(stat_of(e, "cluster.backend.upstream_cx_rx_bytes_total"), total);
-    ASSERT_INT_EQ(stat_of(e, "listener_manager.total_listeners_active"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(e, name), total);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.backend.upstream_cx_total"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.backend.upstream_cx_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.backend.upstream_cx_tx_bytes_total"), total);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.backend.upstream_cx_rx_bytes_total"), total);
+    ASSERT_INT_EQ(dpt_stat_of(e, "listener_manager.total_listeners_active"), 2);
     ASSERT_INT_EQ(km_dp_engine_active_connections(e), 0);
 
     km_dp_engine_free(e);
@@ -512,15 +422,15 @@ KM_TEST(dp_engine_tcp_half_close_response_after_eof)
     struct echo_srv be;
     echo_start(&be, 0);
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(1);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "backend", 0, 0);
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
-    int fd = tconnect(lport);
+    dpt_publish_and_wait(e, s);
+    int fd = dpt_tconnect(lport);
     ASSERT(fd >= 0);
-    send_all(fd, "hello, half close", 17);
+    dpt_send_all(fd, "hello, half close", 17);
     ASSERT(shutdown(fd, SHUT_WR) == 0);
     char buf[32];
     recv_exact(fd, buf, 17);
@@ -538,18 +448,18 @@ KM_TEST(dp_engine_tcp_many_connections_two_workers)
     echo_start(&be1, 0);
     echo_start(&be2, 0);
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(2);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "backend", 0, 0);
     uint16_t ports[2] = {be1.port, be2.port};
     tsnap_cluster(s, 0, "backend", 1000, ports, 2);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
 
     enum { N = 64 };
     int fds[N];
     for (size_t i = 0; i < N; i++) {
-        fds[i] = tconnect(lport);
+        fds[i] = dpt_tconnect(lport);
         ASSERT(fds[i] >= 0);
     }
     bulk_echo(fds, N, 200000, 0);
@@ -558,7 +468,7 @@ KM_TEST(dp_engine_tcp_many_connections_two_workers)
     char name[128];
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_active", lport);
     wait_stat(e, name, 0);
-    ASSERT_INT_EQ(stat_of(e, "cluster.backend.upstream_cx_total"), N);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.backend.upstream_cx_total"), N);
 
     /* Both workers accepted connections (SO_REUSEPORT balancing), and both endpoints got some. */
     char addr[64];
@@ -591,38 +501,38 @@ KM_TEST(dp_engine_connect_refused_counts_and_retries)
     struct echo_srv be;
     echo_start(&be, 0);
     int hold, dead_hold;
-    uint16_t lport = reserve_port(&hold);
-    uint16_t dead = reserve_port(&dead_hold);
+    uint16_t lport = dpt_reserve_port(&hold);
+    uint16_t dead = dpt_reserve_port(&dead_hold);
     struct km_dp_engine *e = engine_new(1);
     struct km_dp_snapshot *s = tsnap_new(1, 2, 2);
     /* listeners sorted by name: "a" -> cluster with only the dead endpoint, "b" -> mixed */
     int hold2;
-    uint16_t lport2 = reserve_port(&hold2);
+    uint16_t lport2 = dpt_reserve_port(&hold2);
     tsnap_listener(s, 0, "a", lport, "deadonly", 0, 0);
     tsnap_listener(s, 1, "b", lport2, "mixed", 0, 0);
     tsnap_cluster(s, 0, "deadonly", 1000, &dead, 1);
     uint16_t mixed[2] = {dead, be.port};
     tsnap_cluster(s, 1, "mixed", 1000, mixed, 2);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
 
     /* Only a dead endpoint: the downstream is closed, the failure counted. */
-    int fd = tconnect(lport);
+    int fd = dpt_tconnect(lport);
     ASSERT(fd >= 0);
     ASSERT(recv_until_eof(fd, 3000) == 0);
     close(fd);
     wait_stat(e, "cluster.deadonly.upstream_cx_connect_fail", 1);
     wait_stat(e, "cluster.deadonly.upstream_cx_connect_attempts_exceeded", 1);
-    ASSERT_INT_EQ(stat_of(e, "cluster.deadonly.upstream_cx_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.deadonly.upstream_cx_active"), 0);
 
     /* One dead, one live endpoint: every connection works (the retry avoids the dead one). */
     for (int i = 0; i < 6; i++) {
-        fd = tconnect(lport2);
+        fd = dpt_tconnect(lport2);
         ASSERT(fd >= 0);
         echo_roundtrip(fd, "retry me");
         close(fd);
     }
-    ASSERT(stat_of(e, "cluster.mixed.upstream_cx_connect_fail") >= 1);
-    ASSERT_INT_EQ(stat_of(e, "cluster.mixed.upstream_cx_connect_attempts_exceeded"), 0);
+    ASSERT(dpt_stat_of(e, "cluster.mixed.upstream_cx_connect_fail") >= 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.mixed.upstream_cx_connect_attempts_exceeded"), 0);
     char *clusters = km_dp_engine_clusters_text(e);
     char line[128];
     snprintf(line, sizeof(line), "mixed::127.0.0.1:%u::cx_connect_fail::", dead);
@@ -642,7 +552,7 @@ KM_TEST(dp_engine_connect_timeout)
      * it stays in progress. */
     int bh = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(bh, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(bh, 0) == 0);
     socklen_t sl = sizeof(sin);
@@ -663,22 +573,22 @@ KM_TEST(dp_engine_connect_timeout)
     ASSERT(blackholed);
 
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(1);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "hole", 0, 0);
     tsnap_cluster(s, 0, "hole", 200, &bport, 1);
-    publish_and_wait(e, s);
-    uint64_t t0 = now_ms();
-    int fd = tconnect(lport);
+    dpt_publish_and_wait(e, s);
+    uint64_t t0 = dpt_now_ms();
+    int fd = dpt_tconnect(lport);
     ASSERT(fd >= 0);
     ASSERT(recv_until_eof(fd, 4000) == 0);
-    uint64_t dt = now_ms() - t0;
+    uint64_t dt = dpt_now_ms() - t0;
     ASSERT(dt >= 150 && dt < 3000);
     close(fd);
     wait_stat(e, "cluster.hole.upstream_cx_connect_timeout", 1);
-    ASSERT_INT_EQ(stat_of(e, "cluster.hole.upstream_cx_connect_fail"), 1);
-    ASSERT_INT_EQ(stat_of(e, "cluster.hole.upstream_cx_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.hole.upstream_cx_connect_fail"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "cluster.hole.upstream_cx_active"), 0);
     km_dp_engine_free(e);
     close(hold);
     for (size_t i = 0; i < nfill; i++)
@@ -692,14 +602,14 @@ KM_TEST(dp_engine_snapshot_swap_keeps_connections)
     echo_start(&a, 'A');
     echo_start(&b, 'B');
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(2);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "svc", 0, 0);
     tsnap_cluster(s, 0, "svc", 1000, &a.port, 1);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
 
-    int c1 = tconnect(lport);
+    int c1 = dpt_tconnect(lport);
     ASSERT(c1 >= 0);
     char tag;
     recv_exact(c1, &tag, 1);
@@ -710,18 +620,18 @@ KM_TEST(dp_engine_snapshot_swap_keeps_connections)
     s = tsnap_new(2, 1, 1);
     tsnap_listener(s, 0, "out", lport, "svc", 0, 0);
     tsnap_cluster(s, 0, "svc", 1000, &b.port, 1);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
 
     echo_roundtrip(c1, "after swap, old connection");
-    int c2 = tconnect(lport);
+    int c2 = dpt_tconnect(lport);
     ASSERT(c2 >= 0);
     recv_exact(c2, &tag, 1);
     ASSERT_INT_EQ(tag, 'B');
     echo_roundtrip(c2, "new connection");
     /* the listening sockets were kept, not reopened */
-    ASSERT_INT_EQ(stat_of(e, "listener_manager.total_listeners_active"), 2);
-    ASSERT_INT_EQ(stat_of(e, "listener_manager.listener_create_failure"), 0);
-    ASSERT_INT_EQ(stat_of(e, "server.snapshots_applied"), 4);
+    ASSERT_INT_EQ(dpt_stat_of(e, "listener_manager.total_listeners_active"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(e, "listener_manager.listener_create_failure"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(e, "server.snapshots_applied"), 4);
     echo_roundtrip(c1, "still there");
     close(c1);
     close(c2);
@@ -736,39 +646,39 @@ KM_TEST(dp_engine_listener_removal_drains)
     struct echo_srv be;
     echo_start(&be, 0);
     int h1, h2;
-    uint16_t p1 = reserve_port(&h1), p2 = reserve_port(&h2);
+    uint16_t p1 = dpt_reserve_port(&h1), p2 = dpt_reserve_port(&h2);
     struct km_dp_engine *e = engine_new(2);
     struct km_dp_snapshot *s = tsnap_new(1, 2, 1);
     tsnap_listener(s, 0, "one", p1, "backend", 0, 0);
     tsnap_listener(s, 1, "two", p2, "backend", 0, 0);
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
-    int c = tconnect(p2);
+    dpt_publish_and_wait(e, s);
+    int c = dpt_tconnect(p2);
     ASSERT(c >= 0);
     echo_roundtrip(c, "on two");
 
     s = tsnap_new(2, 1, 1);
     tsnap_listener(s, 0, "one", p1, "backend", 0, 0);
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
     /* "two" no longer accepts, its established connection keeps working */
-    ASSERT_INT_EQ(tconnect(p2), -ECONNREFUSED);
+    ASSERT_INT_EQ(dpt_tconnect(p2), -ECONNREFUSED);
     echo_roundtrip(c, "still proxied after removal");
     ASSERT_INT_EQ(km_dp_engine_active_connections(e), 1);
-    int d = tconnect(p1);
+    int d = dpt_tconnect(p1);
     ASSERT(d >= 0);
     echo_roundtrip(d, "on one");
     close(d);
     close(c);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_active_connections(e) != 0 && now_ms() < end)
-        sleep_ms(2);
+    uint64_t end = dpt_now_ms() + 5000;
+    while (km_dp_engine_active_connections(e) != 0 && dpt_now_ms() < end)
+        dpt_sleep_ms(2);
     ASSERT_INT_EQ(km_dp_engine_active_connections(e), 0);
     /* the removed listener's stats went away with its last connection */
     char name[128];
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_total", p2);
-    ASSERT_INT_EQ(stat_of(e, name), -1);
-    ASSERT_INT_EQ(stat_of(e, "listener_manager.total_listeners_active"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(e, name), -1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "listener_manager.total_listeners_active"), 2);
     km_dp_engine_free(e);
     close(h1);
     close(h2);
@@ -780,20 +690,20 @@ KM_TEST(dp_engine_drain_stops_accepting)
     struct echo_srv be;
     echo_start(&be, 0);
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(2);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 1);
     tsnap_listener(s, 0, "out", lport, "backend", 0, 0);
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
-    int c = tconnect(lport);
+    dpt_publish_and_wait(e, s);
+    int c = dpt_tconnect(lport);
     ASSERT(c >= 0);
     echo_roundtrip(c, "before drain");
     km_dp_engine_drain(e);
     ASSERT(!km_dp_engine_is_ready(e));
     ASSERT(km_dp_engine_is_draining(e));
     wait_stat(e, "listener_manager.total_listeners_active", 0);
-    ASSERT_INT_EQ(tconnect(lport), -ECONNREFUSED);
+    ASSERT_INT_EQ(dpt_tconnect(lport), -ECONNREFUSED);
     echo_roundtrip(c, "during drain");
     /* a snapshot published while draining is ignored */
     s = tsnap_new(2, 1, 1);
@@ -815,31 +725,31 @@ KM_TEST(dp_engine_idle_timeout_and_no_chain)
     struct echo_srv be;
     echo_start(&be, 0);
     int h1, h2;
-    uint16_t p1 = reserve_port(&h1), p2 = reserve_port(&h2);
+    uint16_t p1 = dpt_reserve_port(&h1), p2 = dpt_reserve_port(&h2);
     struct km_dp_engine *e = engine_new(1);
     struct km_dp_snapshot *s = tsnap_new(1, 2, 1);
     tsnap_listener(s, 0, "idle", p1, "backend", 0, 300);
     tsnap_listener(s, 1, "nomatch", p2, "backend", 1, 0); /* chain for port 1 only */
     tsnap_cluster(s, 0, "backend", 1000, &be.port, 1);
-    publish_and_wait(e, s);
-    int c = tconnect(p1);
+    dpt_publish_and_wait(e, s);
+    int c = dpt_tconnect(p1);
     ASSERT(c >= 0);
     /* traffic keeps it open past the timeout... */
     for (int i = 0; i < 4; i++) {
         if (i > 0)
-            sleep_ms(120);
+            dpt_sleep_ms(120);
         echo_roundtrip(c, "ping");
     }
     /* ...silence closes it */
-    uint64_t t0 = now_ms();
+    uint64_t t0 = dpt_now_ms();
     ASSERT_INT_EQ(recv_until_eof(c, 3000), 0);
-    ASSERT(now_ms() - t0 >= 200);
+    ASSERT(dpt_now_ms() - t0 >= 200);
     close(c);
     char name[128];
     snprintf(name, sizeof(name), "listener.127.0.0.1_%u.downstream_cx_idle_timeout", p1);
     wait_stat(e, name, 1);
 
-    c = tconnect(p2);
+    c = dpt_tconnect(p2);
     ASSERT(c >= 0);
     ASSERT(recv_until_eof(c, 3000) == 0);
     close(c);
@@ -856,7 +766,7 @@ KM_TEST(dp_engine_bind_failure_not_ready)
     /* A port held by a listening socket without SO_REUSEPORT cannot be bound. */
     int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(busy, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(busy, 1) == 0);
     socklen_t sl = sizeof(sin);
@@ -866,9 +776,9 @@ KM_TEST(dp_engine_bind_failure_not_ready)
     tsnap_listener(s, 0, "taken", ntohs(sin.sin_port), "backend", 0, 0);
     uint16_t none = 1;
     tsnap_cluster(s, 0, "backend", 1000, &none, 1);
-    publish_and_wait(e, s);
+    dpt_publish_and_wait(e, s);
     ASSERT(!km_dp_engine_is_ready(e));
-    ASSERT_INT_EQ(stat_of(e, "listener_manager.listener_create_failure"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "listener_manager.listener_create_failure"), 1);
     km_dp_engine_free(e);
     close(busy);
 }
@@ -918,9 +828,9 @@ admin_publish_on_loop(void *arg)
 static char *
 http_raw(uint16_t port, const char *req)
 {
-    int fd = tconnect(port);
+    int fd = dpt_tconnect(port);
     ASSERT(fd >= 0);
-    send_all(fd, req, strlen(req));
+    dpt_send_all(fd, req, strlen(req));
     struct km_sbuf b;
     km_sbuf_init(&b);
     char buf[4096];
@@ -948,7 +858,7 @@ KM_TEST(dp_engine_admin_endpoints)
     struct echo_srv be;
     echo_start(&be, 0);
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct admin_env env = {0};
     atomic_init(&env.quit_calls, 0);
     env.loop = km_loop_new();
@@ -971,9 +881,9 @@ KM_TEST(dp_engine_admin_endpoints)
     m->e = env.e;
     m->s = s;
     km_loop_post(env.loop, admin_publish_on_loop, m);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_applied_generation(env.e) < 7 && now_ms() < end)
-        sleep_ms(1);
+    uint64_t end = dpt_now_ms() + 5000;
+    while (km_dp_engine_applied_generation(env.e) < 7 && dpt_now_ms() < end)
+        dpt_sleep_ms(1);
 
     r = http_get(ap, "/ready");
     ASSERT_STR_CONTAINS(r, "HTTP/1.1 200 OK");
@@ -981,7 +891,7 @@ KM_TEST(dp_engine_admin_endpoints)
     free(r);
 
     for (int i = 0; i < 3; i++) {
-        int c = tconnect(lport);
+        int c = dpt_tconnect(lport);
         ASSERT(c >= 0);
         echo_roundtrip(c, "0123456789");
         close(c);
@@ -1052,9 +962,9 @@ KM_TEST(dp_engine_admin_endpoints)
     r = http_raw(ap, "POST /quitquitquit HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
     ASSERT_STR_CONTAINS(r, "HTTP/1.1 200 OK");
     free(r);
-    end = now_ms() + 3000;
-    while (atomic_load(&env.quit_calls) == 0 && now_ms() < end)
-        sleep_ms(1);
+    end = dpt_now_ms() + 3000;
+    while (atomic_load(&env.quit_calls) == 0 && dpt_now_ms() < end)
+        dpt_sleep_ms(1);
     ASSERT_INT_EQ(atomic_load(&env.quit_calls), 1);
 
     km_loop_stop(env.loop);
@@ -1069,15 +979,15 @@ KM_TEST(dp_engine_admin_endpoints)
 KM_TEST(dp_engine_hcm_without_route_config_404)
 {
     int hold;
-    uint16_t lport = reserve_port(&hold);
+    uint16_t lport = dpt_reserve_port(&hold);
     struct km_dp_engine *e = engine_new(1);
     struct km_dp_snapshot *s = tsnap_new(1, 1, 0);
     tsnap_listener(s, 0, "http", lport, NULL, 0, 0); /* HCM whose RDS config is not there yet */
-    publish_and_wait(e, s);
-    int c = tconnect(lport);
+    dpt_publish_and_wait(e, s);
+    int c = dpt_tconnect(lport);
     ASSERT(c >= 0);
     const char *req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    send_all(c, req, strlen(req));
+    dpt_send_all(c, req, strlen(req));
     char buf[512];
     ssize_t n = recv(c, buf, sizeof(buf) - 1, 0);
     ASSERT(n > 0);
@@ -1086,7 +996,7 @@ KM_TEST(dp_engine_hcm_without_route_config_404)
     ASSERT_STR_CONTAINS(buf, "content-length: 0\r\n");
     close(c);
     wait_stat(e, "http.http.no_route", 1);
-    ASSERT_INT_EQ(stat_of(e, "http.http.downstream_rq_4xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(e, "http.http.downstream_rq_4xx"), 1);
     km_dp_engine_free(e);
     close(hold);
 }

@@ -17,48 +17,8 @@
 #include <km/dp/engine.h>
 #include <km/dp/snapshot.h>
 
+#include "dp_util.h"
 #include "test.h"
-
-static uint64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void
-sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
-sin_loopback(struct sockaddr_in *sin, uint16_t port)
-{
-    memset(sin, 0, sizeof(*sin));
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-}
-
-static uint16_t
-reserve_port(int *fd_out)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ASSERT(fd >= 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0);
-    struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
-    ASSERT(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-    socklen_t sl = sizeof(sin);
-    ASSERT(getsockname(fd, (struct sockaddr *)&sin, &sl) == 0);
-    *fd_out = fd;
-    return ntohs(sin.sin_port);
-}
 
 /* ---- backend: gRPC echo (and plain HTTP) on its own thread ---- */
 
@@ -139,7 +99,7 @@ gb_start(struct gb *b)
     b->srv = km_grpc_server_new(b->loop, &o);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(fd, 128) == 0);
     socklen_t sl = sizeof(sin);
@@ -180,7 +140,7 @@ h2snap(uint64_t gen, uint16_t lport, const char *prefix, uint32_t timeout_ms, bo
     struct km_dp_listener *l = &s->listeners[0];
     l->name = km_xstrdup("inbound:h2");
     struct sockaddr_in sin;
-    sin_loopback(&sin, lport);
+    dpt_sin_loopback(&sin, lport);
     memcpy(&l->addr, &sin, sizeof(sin));
     l->addrlen = sizeof(sin);
     l->addr_str = km_xasprintf("127.0.0.1:%u", lport);
@@ -222,7 +182,7 @@ h2snap(uint64_t gen, uint16_t lport, const char *prefix, uint32_t timeout_ms, bo
     c->neps = nports;
     c->eps = km_xcalloc(nports ? nports : 1, sizeof(*c->eps));
     for (size_t j = 0; j < nports; j++) {
-        sin_loopback(&sin, ports[j]);
+        dpt_sin_loopback(&sin, ports[j]);
         memcpy(&c->eps[j].addr, &sin, sizeof(sin));
         c->eps[j].addrlen = sizeof(sin);
         c->eps[j].addr_str = km_xasprintf("127.0.0.1:%u", ports[j]);
@@ -231,26 +191,6 @@ h2snap(uint64_t gen, uint16_t lport, const char *prefix, uint32_t timeout_ms, bo
         c->eps[j].zone = km_xstrdup("");
     }
     return s;
-}
-
-static void
-publish_and_wait(struct km_dp_engine *e, struct km_dp_snapshot *s)
-{
-    km_dp_engine_publish(e, s);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_applied_generation(e) < s->generation && now_ms() < end)
-        sleep_ms(1);
-    ASSERT(km_dp_engine_applied_generation(e) >= s->generation);
-    km_dp_snapshot_unref(s);
-}
-
-static int64_t
-stat_of(struct km_dp_engine *e, const char *name)
-{
-    int64_t v = -1;
-    if (!km_dp_stats_lookup(km_dp_engine_stats(e), name, &v))
-        return -1;
-    return v;
 }
 
 /* ---- gRPC client side ---- */
@@ -283,8 +223,8 @@ tc_close(struct km_grpc_call *c, int status, const char *message, void *ud)
 static bool
 run_until(struct km_loop *l, const bool *flag, const int *count, int want, uint64_t ms)
 {
-    uint64_t end = now_ms() + ms;
-    while (now_ms() < end) {
+    uint64_t end = dpt_now_ms() + ms;
+    while (dpt_now_ms() < end) {
         if (flag && *flag)
             return true;
         if (count && *count >= want)
@@ -306,7 +246,7 @@ static void
 env_start(struct env *v, unsigned workers)
 {
     gb_start(&v->b);
-    v->lport = reserve_port(&v->hold);
+    v->lport = dpt_reserve_port(&v->hold);
     struct km_dp_engine_opts o = {.concurrency = workers};
     v->e = km_dp_engine_new(&o);
     ASSERT(v->e != NULL);
@@ -343,7 +283,7 @@ KM_TEST(dp_engine_h2_grpc_bidi_echo)
 {
     struct env v;
     env_start(&v, 2);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     struct km_grpc_client *c = km_grpc_client_new(v.cl, "127.0.0.1", v.lport, false, NULL);
     struct tcall t;
     memset(&t, 0, sizeof(t));
@@ -368,11 +308,11 @@ KM_TEST(dp_engine_h2_grpc_bidi_echo)
     km_sbuf_deinit(&t.got);
     km_sbuf_deinit(&sent);
     km_grpc_client_free(c);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_total"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_2xx"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_rq_total"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_rq_2xx"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_cx_total"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_total"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_2xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_total"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_2xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_cx_total"), 1);
     env_stop(&v);
 }
 
@@ -382,7 +322,7 @@ KM_TEST(dp_engine_h2_grpc_concurrent_streams)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     struct km_grpc_client *c = km_grpc_client_new(v.cl, "127.0.0.1", v.lport, false, NULL);
     enum { N = 10 };
     struct tcall t[N];
@@ -412,8 +352,8 @@ KM_TEST(dp_engine_h2_grpc_concurrent_streams)
         km_sbuf_deinit(&t[i].got);
     }
     km_grpc_client_free(c);
-    ASSERT(stat_of(v.e, "cluster.be.upstream_cx_total") >= 3);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_rq_total"), N);
+    ASSERT(dpt_stat_of(v.e, "cluster.be.upstream_cx_total") >= 3);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_total"), N);
     env_stop(&v);
 }
 
@@ -438,29 +378,29 @@ KM_TEST(dp_engine_h2_grpc_local_replies)
     struct env v;
     env_start(&v, 1);
     /* no endpoint: UNAVAILABLE */
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, NULL, 0));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, NULL, 0));
     struct tcall t;
     one_call(&v, "/test.Echo/Bidi", &t);
     ASSERT_INT_EQ(t.status, KM_GRPC_UNAVAILABLE);
     ASSERT_STR_CONTAINS(t.message, "no healthy upstream");
     /* no route: UNIMPLEMENTED (Envoy maps 404 to 12) */
-    publish_and_wait(v.e, h2snap(2, v.lport, "/other", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(2, v.lport, "/other", 0, true, &v.b.port, 1));
     one_call(&v, "/test.Echo/Bidi", &t);
     ASSERT_INT_EQ(t.status, KM_GRPC_UNIMPLEMENTED);
     /* gRPC to an HTTP/1.1 cluster: UNAVAILABLE */
-    publish_and_wait(v.e, h2snap(3, v.lport, "/", 0, false, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(3, v.lport, "/", 0, false, &v.b.port, 1));
     one_call(&v, "/test.Echo/Bidi", &t);
     ASSERT_INT_EQ(t.status, KM_GRPC_UNAVAILABLE);
     /* a closed port: connect failure, UNAVAILABLE */
     int hold2;
-    uint16_t dead = reserve_port(&hold2);
-    publish_and_wait(v.e, h2snap(4, v.lport, "/", 0, true, &dead, 1));
+    uint16_t dead = dpt_reserve_port(&hold2);
+    dpt_publish_and_wait(v.e, h2snap(4, v.lport, "/", 0, true, &dead, 1));
     one_call(&v, "/test.Echo/Bidi", &t);
     ASSERT_INT_EQ(t.status, KM_GRPC_UNAVAILABLE);
     close(hold2);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_total"), 4);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.no_route"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_total"), 4);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.no_route"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_active"), 0);
     env_stop(&v);
 }
 
@@ -468,7 +408,7 @@ KM_TEST(dp_engine_h2_grpc_backend_status_and_timeout)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     /* the backend's own trailers-only answer passes through */
     struct tcall t;
     one_call(&v, "/test.Unknown/None", &t);
@@ -476,16 +416,16 @@ KM_TEST(dp_engine_h2_grpc_backend_status_and_timeout)
     /* a backend that accepts and never answers: the route timeout (300 ms) answers
      * DEADLINE_EXCEEDED */
     int silent;
-    uint16_t sport = reserve_port(&silent);
+    uint16_t sport = dpt_reserve_port(&silent);
     ASSERT(listen(silent, 16) == 0);
-    publish_and_wait(v.e, h2snap(2, v.lport, "/", 300, true, &sport, 1));
-    uint64_t t0 = now_ms();
+    dpt_publish_and_wait(v.e, h2snap(2, v.lport, "/", 300, true, &sport, 1));
+    uint64_t t0 = dpt_now_ms();
     one_call(&v, "/test.Echo/Bidi", &t);
     ASSERT_INT_EQ(t.status, KM_GRPC_DEADLINE_EXCEEDED);
-    ASSERT(now_ms() - t0 >= 250);
+    ASSERT(dpt_now_ms() - t0 >= 250);
     close(silent);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_timeout"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_rq_timeout"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_timeout"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_timeout"), 1);
     env_stop(&v);
 }
 
@@ -493,7 +433,7 @@ KM_TEST(dp_engine_h2_grpc_cancel_resets_upstream)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     struct km_grpc_client *c = km_grpc_client_new(v.cl, "127.0.0.1", v.lport, false, NULL);
     struct tcall t;
     memset(&t, 0, sizeof(t));
@@ -505,17 +445,17 @@ KM_TEST(dp_engine_h2_grpc_cancel_resets_upstream)
     ASSERT_INT_EQ(atomic_load(&v.b.opened), 1);
     ASSERT_INT_EQ(atomic_load(&v.b.closed), 0);
     km_grpc_call_cancel(call);
-    uint64_t end = now_ms() + 5000;
-    while (atomic_load(&v.b.closed) == 0 && now_ms() < end)
+    uint64_t end = dpt_now_ms() + 5000;
+    while (atomic_load(&v.b.closed) == 0 && dpt_now_ms() < end)
         km_loop_run_once(v.cl, 10);
     ASSERT_INT_EQ(atomic_load(&v.b.closed), 1); /* the upstream stream was reset */
     km_grpc_client_free(c);
     km_sbuf_deinit(&t.got);
     /* the engine holds nothing for it any more */
-    end = now_ms() + 2000;
-    while (stat_of(v.e, "http.h2in.downstream_rq_active") != 0 && now_ms() < end)
-        sleep_ms(5);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_active"), 0);
+    end = dpt_now_ms() + 2000;
+    while (dpt_stat_of(v.e, "http.h2in.downstream_rq_active") != 0 && dpt_now_ms() < end)
+        dpt_sleep_ms(5);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_active"), 0);
     env_stop(&v);
 }
 
@@ -523,7 +463,7 @@ KM_TEST(dp_engine_h2_snapshot_swap_keeps_stream)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     struct km_grpc_client *c = km_grpc_client_new(v.cl, "127.0.0.1", v.lport, false, NULL);
     struct tcall t;
     memset(&t, 0, sizeof(t));
@@ -535,7 +475,7 @@ KM_TEST(dp_engine_h2_snapshot_swap_keeps_stream)
     stream_messages(&v, call, &t, &sent, 0, 10);
     ASSERT(run_until(v.cl, NULL, &t.nmsg, 10, 8000));
     /* the route goes away and the cluster loses its endpoint: the stream goes on */
-    publish_and_wait(v.e, h2snap(2, v.lport, "/nothing-here", 0, true, NULL, 0));
+    dpt_publish_and_wait(v.e, h2snap(2, v.lport, "/nothing-here", 0, true, NULL, 0));
     stream_messages(&v, call, &t, &sent, 10, 10);
     ASSERT(run_until(v.cl, NULL, &t.nmsg, 20, 8000));
     km_grpc_call_close_send(call);
@@ -625,7 +565,7 @@ h2_request(uint16_t port, const char *method, const char *path, const char *body
     struct timeval tv = {.tv_sec = 5};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     struct sockaddr_in sin;
-    sin_loopback(&sin, port);
+    dpt_sin_loopback(&sin, port);
     ASSERT(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     nghttp2_session_callbacks *cbs;
     nghttp2_session_callbacks_new(&cbs);
@@ -649,8 +589,8 @@ h2_request(uint16_t port, const char *method, const char *path, const char *body
     struct hbody hb = {body, body ? strlen(body) : 0};
     nghttp2_data_provider dp = {.source.ptr = &hb, .read_callback = hc_read};
     ASSERT(nghttp2_submit_request(s, NULL, nv, body ? 5 : 4, body ? &dp : NULL, NULL) > 0);
-    uint64_t end = now_ms() + 8000;
-    while (!r->closed && now_ms() < end) {
+    uint64_t end = dpt_now_ms() + 8000;
+    while (!r->closed && dpt_now_ms() < end) {
         const uint8_t *out;
         ssize_t n;
         while ((n = nghttp2_session_mem_send(s, &out)) > 0) {
@@ -676,7 +616,7 @@ KM_TEST(dp_engine_h2_to_http1_upstream)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, false, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, false, &v.b.port, 1));
     struct hresp r;
     h2_request(v.lport, "GET", "/hello?x=1", NULL, &r);
     ASSERT_INT_EQ(r.status, 200);
@@ -689,10 +629,10 @@ KM_TEST(dp_engine_h2_to_http1_upstream)
     h2_request(v.lport, "GET", "/teapot", NULL, &r);
     ASSERT_INT_EQ(r.status, 418);
     km_sbuf_deinit(&r.body);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_total"), 3);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_2xx"), 2);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_4xx"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "cluster.be.upstream_rq_4xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_total"), 3);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_2xx"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_4xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_4xx"), 1);
     env_stop(&v);
 }
 
@@ -700,7 +640,7 @@ KM_TEST(dp_engine_h2_plain_local_replies)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/only", 0, true, NULL, 0));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/only", 0, true, NULL, 0));
     struct hresp r;
     h2_request(v.lport, "GET", "/elsewhere", NULL, &r);
     ASSERT_INT_EQ(r.status, 404);
@@ -709,8 +649,8 @@ KM_TEST(dp_engine_h2_plain_local_replies)
     ASSERT_INT_EQ(r.status, 503);
     ASSERT_STR_EQ(r.body.ptr, "no healthy upstream");
     km_sbuf_deinit(&r.body);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_4xx"), 1);
-    ASSERT_INT_EQ(stat_of(v.e, "http.h2in.downstream_rq_5xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_4xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_5xx"), 1);
     env_stop(&v);
 }
 
@@ -719,7 +659,7 @@ KM_TEST(dp_engine_h2_plain_to_h2_upstream)
 {
     struct env v;
     env_start(&v, 1);
-    publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
     struct hresp r;
     h2_request(v.lport, "POST", "/p", "payload", &r);
     ASSERT_INT_EQ(r.status, 200);

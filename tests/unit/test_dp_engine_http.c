@@ -16,78 +16,8 @@
 #include <km/dp/engine.h>
 #include <km/dp/snapshot.h>
 
+#include "dp_util.h"
 #include "test.h"
-
-static uint64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void
-sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
-sin_loopback(struct sockaddr_in *sin, uint16_t port)
-{
-    memset(sin, 0, sizeof(*sin));
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-}
-
-static uint16_t
-reserve_port(int *fd_out)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ASSERT(fd >= 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0);
-    ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0);
-    struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
-    ASSERT(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-    socklen_t sl = sizeof(sin);
-    ASSERT(getsockname(fd, (struct sockaddr *)&sin, &sl) == 0);
-    *fd_out = fd;
-    return ntohs(sin.sin_port);
-}
-
-static int
-tconnect(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT(fd >= 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sin;
-    sin_loopback(&sin, port);
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    return fd;
-}
-
-static void
-send_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    while (n > 0) {
-        ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-        ASSERT(k > 0);
-        b += k;
-        n -= (size_t)k;
-    }
-}
 
 /* ---- HTTP backend: GET /x answers "<tag>:<target>", POST /echo echoes the body (it accepts
  * chunked bodies), /chunked answers chunked, /close answers until close, /slow never
@@ -209,7 +139,7 @@ hb_serve(struct hb_conn *c)
         }
         km_sbuf_deinit(&body);
         if (out.len)
-            send_all(c->fd, out.ptr, out.len); /* small answers: fits the socket buffer */
+            dpt_send_all(c->fd, out.ptr, out.len); /* small answers: fits the socket buffer */
         km_sbuf_deinit(&out);
         memmove(c->in.ptr, c->in.ptr + used, c->in.len - used);
         c->in.len -= used;
@@ -273,7 +203,7 @@ hb_start(struct hb_srv *s, char tag)
     s->loop = km_loop_new();
     s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin;
-    sin_loopback(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(s->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(s->lfd, 128) == 0);
     socklen_t sl = sizeof(sin);
@@ -323,7 +253,7 @@ hsnap(uint64_t gen, uint16_t lport, const char *domain, const struct troute *rou
     struct km_dp_listener *l = &s->listeners[0];
     l->name = km_xstrdup("inbound:http");
     struct sockaddr_in sin;
-    sin_loopback(&sin, lport);
+    dpt_sin_loopback(&sin, lport);
     memcpy(&l->addr, &sin, sizeof(sin));
     l->addrlen = sizeof(sin);
     l->addr_str = km_xasprintf("127.0.0.1:%u", lport);
@@ -377,7 +307,7 @@ hsnap_cluster(struct km_dp_snapshot *s, size_t i, const char *name, const uint16
     c->eps = km_xcalloc(n ? n : 1, sizeof(*c->eps));
     for (size_t j = 0; j < n; j++) {
         struct sockaddr_in sin;
-        sin_loopback(&sin, ports[j]);
+        dpt_sin_loopback(&sin, ports[j]);
         memcpy(&c->eps[j].addr, &sin, sizeof(sin));
         c->eps[j].addrlen = sizeof(sin);
         c->eps[j].addr_str = km_xasprintf("127.0.0.1:%u", ports[j]);
@@ -385,26 +315,6 @@ hsnap_cluster(struct km_dp_snapshot *s, size_t i, const char *name, const uint16
         c->eps[j].healthy = true;
         c->eps[j].zone = km_xstrdup("");
     }
-}
-
-static void
-publish_and_wait(struct km_dp_engine *e, struct km_dp_snapshot *s)
-{
-    km_dp_engine_publish(e, s);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_applied_generation(e) < s->generation && now_ms() < end)
-        sleep_ms(1);
-    ASSERT(km_dp_engine_applied_generation(e) >= s->generation);
-    km_dp_snapshot_unref(s);
-}
-
-static int64_t
-stat_of(struct km_dp_engine *e, const char *name)
-{
-    int64_t v = -1;
-    if (!km_dp_stats_lookup(km_dp_engine_stats(e), name, &v))
-        return -1;
-    return v;
 }
 
 /* ---- client: reads one response, decoding its body ---- */
@@ -497,7 +407,7 @@ read_response(int fd, struct km_sbuf *pending, struct tresp *r, bool head_req)
 static void
 exchange(int fd, struct km_sbuf *pending, const char *req, struct tresp *r)
 {
-    send_all(fd, req, strlen(req));
+    dpt_send_all(fd, req, strlen(req));
     read_response(fd, pending, r, strncmp(req, "HEAD ", 5) == 0);
 }
 
@@ -513,7 +423,7 @@ henv_start(struct henv *h, unsigned workers)
 {
     hb_start(&h->a, 'A');
     hb_start(&h->b, 'B');
-    h->lport = reserve_port(&h->hold);
+    h->lport = dpt_reserve_port(&h->hold);
     struct km_dp_engine_opts o = {.concurrency = workers};
     h->e = km_dp_engine_new(&o);
     ASSERT(h->e != NULL);
@@ -537,9 +447,9 @@ KM_TEST(dp_engine_http_keepalive_and_pool)
     struct troute routes[] = {{"/", "a", 0, 0}};
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", routes, 1, 1);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
-    publish_and_wait(h.e, s);
+    dpt_publish_and_wait(h.e, s);
 
-    int fd = tconnect(h.lport);
+    int fd = dpt_tconnect(h.lport);
     ASSERT(fd >= 0);
     struct km_sbuf pend;
     km_sbuf_init(&pend);
@@ -568,13 +478,13 @@ KM_TEST(dp_engine_http_keepalive_and_pool)
     close(fd);
     km_sbuf_deinit(&pend);
 
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.a.upstream_rq_total"), 5);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.a.upstream_rq_2xx"), 5);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.a.upstream_cx_total"), 1); /* one pooled connection */
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.a.upstream_rq_total"), 5);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.a.upstream_rq_2xx"), 5);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.a.upstream_cx_total"), 1); /* one pooled connection */
     ASSERT_INT_EQ(atomic_load(&h.a.accepted), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_total"), 5);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_2xx"), 5);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_total"), 5);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_2xx"), 5);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_active"), 0);
     henv_stop(&h);
 }
 
@@ -585,8 +495,8 @@ KM_TEST(dp_engine_http_bodies)
     struct troute routes[] = {{"/", "a", 0, 0}};
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", routes, 1, 1);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
-    publish_and_wait(h.e, s);
-    int fd = tconnect(h.lport);
+    dpt_publish_and_wait(h.e, s);
+    int fd = dpt_tconnect(h.lport);
     ASSERT(fd >= 0);
     struct km_sbuf pend;
     km_sbuf_init(&pend);
@@ -599,8 +509,8 @@ KM_TEST(dp_engine_http_bodies)
     char head[128];
     snprintf(head, sizeof(head), "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n",
              big);
-    send_all(fd, head, strlen(head));
-    send_all(fd, body, big);
+    dpt_send_all(fd, head, strlen(head));
+    dpt_send_all(fd, body, big);
     struct tresp r;
     read_response(fd, &pend, &r, false);
     ASSERT_INT_EQ(r.status, 200);
@@ -637,7 +547,7 @@ KM_TEST(dp_engine_http_bodies)
     km_sbuf_deinit(&r.body);
 
     /* pipelining: two requests in one write, answered in order */
-    send_all(fd, "GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\n", 58);
+    dpt_send_all(fd, "GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\n", 58);
     read_response(fd, &pend, &r, false);
     ASSERT_STR_EQ(r.body.ptr, "A:/p1");
     km_sbuf_deinit(&r.body);
@@ -654,7 +564,7 @@ KM_TEST(dp_engine_http_local_replies)
     struct henv h;
     henv_start(&h, 1);
     int dead_hold;
-    uint16_t dead = reserve_port(&dead_hold);
+    uint16_t dead = dpt_reserve_port(&dead_hold);
     struct troute routes[] = {
         {"/direct", NULL, 0, 418},  {"/nocluster", "missing", 0, 0},
         {"/noeps", "empty", 0, 0},  {"/dead", "dead", 0, 0},
@@ -665,7 +575,7 @@ KM_TEST(dp_engine_http_local_replies)
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
     hsnap_cluster(s, 1, "dead", &dead, 1);
     hsnap_cluster(s, 2, "empty", NULL, 0);
-    publish_and_wait(h.e, s);
+    dpt_publish_and_wait(h.e, s);
 
     struct {
         const char *req;
@@ -684,7 +594,7 @@ KM_TEST(dp_engine_http_local_replies)
          400, true},
     };
     for (size_t i = 0; i < KM_ARRAY_LEN(cases); i++) {
-        int fd = tconnect(h.lport);
+        int fd = dpt_tconnect(h.lport);
         ASSERT(fd >= 0);
         struct km_sbuf pend;
         km_sbuf_init(&pend);
@@ -702,15 +612,15 @@ KM_TEST(dp_engine_http_local_replies)
         close(fd);
         km_sbuf_deinit(&pend);
     }
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.no_route"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.no_cluster"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_rx_parse_error"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_unsupported"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_timeout"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.a.upstream_rq_timeout"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.dead.upstream_cx_connect_fail"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.empty.upstream_cx_none_healthy"), 1);
-    ASSERT_INT_EQ(stat_of(h.e, "http.ing.downstream_rq_active"), 0);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.no_route"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.no_cluster"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_rx_parse_error"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_unsupported"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_timeout"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.a.upstream_rq_timeout"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.dead.upstream_cx_connect_fail"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.empty.upstream_cx_none_healthy"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "http.ing.downstream_rq_active"), 0);
     henv_stop(&h);
     close(dead_hold);
 }
@@ -723,8 +633,8 @@ KM_TEST(dp_engine_http_route_change_on_kept_alive_connection)
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", ra, 1, 2);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
     hsnap_cluster(s, 1, "b", &h.b.port, 1);
-    publish_and_wait(h.e, s);
-    int fd = tconnect(h.lport);
+    dpt_publish_and_wait(h.e, s);
+    int fd = dpt_tconnect(h.lport);
     ASSERT(fd >= 0);
     struct km_sbuf pend;
     km_sbuf_init(&pend);
@@ -737,7 +647,7 @@ KM_TEST(dp_engine_http_route_change_on_kept_alive_connection)
     s = hsnap(2, h.lport, "*", rb, 1, 2);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
     hsnap_cluster(s, 1, "b", &h.b.port, 1);
-    publish_and_wait(h.e, s);
+    dpt_publish_and_wait(h.e, s);
     exchange(fd, &pend, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
     ASSERT_STR_EQ(r.body.ptr, "B:/2");
     ASSERT(!r.conn_close);
@@ -754,8 +664,8 @@ KM_TEST(dp_engine_http_drain_closes_idle_keepalive)
     struct troute ra[] = {{"/", "a", 0, 0}};
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", ra, 1, 1);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
-    publish_and_wait(h.e, s);
-    int fd = tconnect(h.lport);
+    dpt_publish_and_wait(h.e, s);
+    int fd = dpt_tconnect(h.lport);
     ASSERT(fd >= 0);
     struct km_sbuf pend;
     km_sbuf_init(&pend);
@@ -768,9 +678,9 @@ KM_TEST(dp_engine_http_drain_closes_idle_keepalive)
     ASSERT_INT_EQ(recv(fd, &b, 1, 0), 0); /* the idle kept-alive connection is closed */
     close(fd);
     km_sbuf_deinit(&pend);
-    uint64_t end = now_ms() + 3000;
-    while (km_dp_engine_active_connections(h.e) != 0 && now_ms() < end)
-        sleep_ms(2);
+    uint64_t end = dpt_now_ms() + 3000;
+    while (km_dp_engine_active_connections(h.e) != 0 && dpt_now_ms() < end)
+        dpt_sleep_ms(2);
     ASSERT_INT_EQ(km_dp_engine_active_connections(h.e), 0);
     henv_stop(&h);
 }
@@ -784,8 +694,8 @@ KM_TEST(dp_engine_http_upstream_closing_kept_alive_connections)
     struct troute ra[] = {{"/", "a", 0, 0}};
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", ra, 1, 1);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
-    publish_and_wait(h.e, s);
-    int fd = tconnect(h.lport);
+    dpt_publish_and_wait(h.e, s);
+    int fd = dpt_tconnect(h.lport);
     ASSERT(fd >= 0);
     struct km_sbuf pend;
     km_sbuf_init(&pend);
@@ -798,7 +708,7 @@ KM_TEST(dp_engine_http_upstream_closing_kept_alive_connections)
     }
     close(fd);
     km_sbuf_deinit(&pend);
-    ASSERT_INT_EQ(stat_of(h.e, "cluster.a.upstream_rq_2xx"), 30);
+    ASSERT_INT_EQ(dpt_stat_of(h.e, "cluster.a.upstream_rq_2xx"), 30);
     henv_stop(&h);
 }
 
@@ -821,7 +731,7 @@ load_main(void *arg)
     const char *req = "GET /load HTTP/1.1\r\nHost: x\r\n\r\n";
     while (!atomic_load(lc->stop) && lc->done < lc->requests) {
         if (fd < 0) {
-            fd = tconnect(lc->port);
+            fd = dpt_tconnect(lc->port);
             pend.len = 0;
             if (fd < 0) {
                 atomic_fetch_add(lc->failures, 1);
@@ -859,7 +769,7 @@ KM_TEST(dp_engine_http_config_changes_under_load)
     struct km_dp_snapshot *s = hsnap(1, h.lport, "*", ra, 1, 2);
     hsnap_cluster(s, 0, "a", &h.a.port, 1);
     hsnap_cluster(s, 1, "b", &h.b.port, 1);
-    publish_and_wait(h.e, s);
+    dpt_publish_and_wait(h.e, s);
     enum { NC = 8 };
     struct load_client lc[NC];
     atomic_int failures;
@@ -877,8 +787,8 @@ KM_TEST(dp_engine_http_config_changes_under_load)
         hsnap_cluster(s, 0, "a", &h.a.port, 1);
         uint16_t both[2] = {h.b.port, h.a.port};
         hsnap_cluster(s, 1, "b", g % 3 ? &h.b.port : both, g % 3 ? 1 : 2);
-        publish_and_wait(h.e, s);
-        sleep_ms(10);
+        dpt_publish_and_wait(h.e, s);
+        dpt_sleep_ms(10);
     }
     int total = 0;
     for (int i = 0; i < NC; i++) {

@@ -22,6 +22,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 
+#include "dp_util.h"
 #include "test.h"
 
 #include <km/common/grpc.h>
@@ -45,64 +46,6 @@
 #define MESH "default"
 
 /* ---- time, sockets ---- */
-
-static uint64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void
-sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
-sin_lo(struct sockaddr_in *sin, uint16_t port)
-{
-    memset(sin, 0, sizeof(*sin));
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-}
-
-/* A port held bound (SO_REUSEPORT, not listening) until <*fd> is closed. */
-static uint16_t
-reserve_port(int *fd)
-{
-    int one = 1;
-    struct sockaddr_in sin;
-    socklen_t sl = sizeof(sin);
-    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT(*fd >= 0);
-    setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(*fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    sin_lo(&sin, 0);
-    ASSERT(bind(*fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-    ASSERT(getsockname(*fd, (struct sockaddr *)&sin, &sl) == 0);
-    return ntohs(sin.sin_port);
-}
-
-static int
-tconnect(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 3};
-    struct sockaddr_in sin;
-    ASSERT(fd >= 0);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    sin_lo(&sin, port);
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 /* Sends <msg> and expects it back; false when the connection fails or closes. */
 static bool
@@ -169,7 +112,7 @@ echo_start(struct echo *e)
     struct sockaddr_in sin;
     socklen_t sl = sizeof(sin);
     e->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sin_lo(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(e->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(e->lfd, 64) == 0);
     ASSERT(getsockname(e->lfd, (struct sockaddr *)&sin, &sl) == 0);
@@ -366,33 +309,13 @@ build_fail(struct res *r)
 /* ---- engine ---- */
 
 static void
-publish_wait(struct km_dp_engine *e, struct km_dp_snapshot *s)
-{
-    km_dp_engine_publish(e, s);
-    uint64_t end = now_ms() + 5000;
-    while (km_dp_engine_applied_generation(e) < s->generation && now_ms() < end)
-        sleep_ms(1);
-    ASSERT(km_dp_engine_applied_generation(e) >= s->generation);
-    km_dp_snapshot_unref(s);
-}
-
-static int64_t
-stat_of(struct km_dp_engine *e, const char *name)
-{
-    int64_t v = -1;
-    if (!km_dp_stats_lookup(km_dp_engine_stats(e), name, &v))
-        return -1;
-    return v;
-}
-
-static void
 wait_stat(struct km_dp_engine *e, const char *name, int64_t want)
 {
-    uint64_t end = now_ms() + 5000;
-    while (stat_of(e, name) < want && now_ms() < end)
-        sleep_ms(2);
-    if (stat_of(e, name) < want)
-        KM_FAIL_AT("%s: %lld < %lld", name, (long long)stat_of(e, name), (long long)want);
+    uint64_t end = dpt_now_ms() + 5000;
+    while (dpt_stat_of(e, name) < want && dpt_now_ms() < end)
+        dpt_sleep_ms(2);
+    if (dpt_stat_of(e, name) < want)
+        KM_FAIL_AT("%s: %lld < %lld", name, (long long)dpt_stat_of(e, name), (long long)want);
 }
 
 /* ---- a TLS test client ---- */
@@ -443,7 +366,7 @@ tcli_open(struct tcli *c, uint16_t port, const char *cert, const char *key, cons
     static const unsigned char alpn[] = "\x04kuma";
     memset(c, 0, sizeof(*c));
     c->ctx = client_ctx(cert, key, ca);
-    c->fd = tconnect(port);
+    c->fd = dpt_tconnect(port);
     ASSERT(c->fd >= 0);
     c->ssl = SSL_new(c->ctx);
     SSL_set_alpn_protos(c->ssl, alpn, sizeof(alpn) - 1);
@@ -671,8 +594,8 @@ env_start(struct env *v, int tls, const char *expect_service, const char *rbac)
     pki_issue(&v->p, MESH, "web", &v->web_cert, &v->web_key);
     pki_issue(&v->p, MESH, "backend", &v->be_cert, &v->be_key);
     echo_start(&v->echo);
-    v->in_port = reserve_port(&v->hold_in);
-    v->out_port = reserve_port(&v->hold_out);
+    v->in_port = dpt_reserve_port(&v->hold_in);
+    v->out_port = dpt_reserve_port(&v->hold_out);
     res_put(&v->r, KM_DP_LDS, "in", listener_json("in", v->in_port, "local", tls, rbac));
     res_put(&v->r, KM_DP_LDS, "out", listener_json("out", v->out_port, "backend", 0, NULL));
     res_put(&v->r, KM_DP_CDS, "local", cluster_json("local", v->echo.port, NULL));
@@ -681,7 +604,7 @@ env_start(struct env *v, int tls, const char *expect_service, const char *rbac)
     struct km_dp_engine_opts o = {.concurrency = 2};
     v->e = km_dp_engine_new(&o);
     ASSERT(v->e);
-    publish_wait(v->e, build_ok(&v->r, ++v->gen));
+    dpt_publish_and_wait(v->e, build_ok(&v->r, ++v->gen));
 }
 
 static void
@@ -705,14 +628,14 @@ KM_TEST(dp_tls_engine_mtls_strict)
     struct tcli c;
     env_start(&v, 1, "backend", NULL);
     /* through the sidecar pair */
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(plain_echo(fd, "hello over mtls"));
     ASSERT(plain_echo(fd, "second message"));
     close(fd);
     wait_stat(v.e, "cluster.backend.ssl.handshake", 1);
     /* the next connection resumes the session (tickets) */
-    fd = tconnect(v.out_port);
+    fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(plain_echo(fd, "resumed"));
     close(fd);
@@ -725,7 +648,7 @@ KM_TEST(dp_tls_engine_mtls_strict)
     ASSERT(tcli_echo(&c, "direct"));
     tcli_close(&c);
     /* plaintext to the inbound: refused */
-    fd = tconnect(v.in_port);
+    fd = dpt_tconnect(v.in_port);
     ASSERT(fd >= 0);
     ASSERT(!plain_echo(fd, "plaintext"));
     close(fd);
@@ -755,7 +678,7 @@ KM_TEST(dp_tls_engine_upstream_san_mismatch)
 {
     struct env v;
     env_start(&v, 1, "other-service", NULL);
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(!plain_echo(fd, "must not pass"));
     close(fd);
@@ -769,11 +692,11 @@ KM_TEST(dp_tls_engine_permissive)
     struct env v;
     struct tcli c;
     env_start(&v, 2, "backend", NULL);
-    int fd = tconnect(v.in_port);
+    int fd = dpt_tconnect(v.in_port);
     ASSERT(fd >= 0);
     ASSERT(plain_echo(fd, "plaintext is fine in PERMISSIVE"));
     close(fd);
-    fd = tconnect(v.out_port);
+    fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(plain_echo(fd, "mtls in PERMISSIVE"));
     close(fd);
@@ -784,10 +707,10 @@ KM_TEST(dp_tls_engine_permissive)
      * ClientHello comes in pieces */
     uint8_t hello[4096], back[4096];
     size_t n = make_hello(hello, sizeof(hello), "app.example", NULL, 0), got = 0;
-    fd = tconnect(v.in_port);
+    fd = dpt_tconnect(v.in_port);
     ASSERT(fd >= 0);
     ASSERT(send(fd, hello, 7, MSG_NOSIGNAL) == 7);
-    sleep_ms(60);
+    dpt_sleep_ms(60);
     ASSERT(send(fd, hello + 7, n - 7, MSG_NOSIGNAL) == (ssize_t)(n - 7));
     while (got < n) {
         ssize_t k = recv(fd, back + got, n - got, 0);
@@ -809,7 +732,7 @@ KM_TEST(dp_tls_engine_rbac)
     tcli_close(&c);
     wait_stat(v.e, "inbound_test.rbac.allowed", 1);
     /* the outbound presents the "backend" identity: not allowed */
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(!plain_echo(fd, "backend is denied"));
     close(fd);
@@ -838,7 +761,7 @@ KM_TEST(dp_tls_engine_rotation)
     struct tcli old, c;
     char *cert2, *key2;
     env_start(&v, 1, "backend", NULL);
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(plain_echo(fd, "before rotation"));
     ASSERT(tcli_open(&old, v.in_port, v.web_cert, v.web_key, v.p.ca_cert));
@@ -847,7 +770,7 @@ KM_TEST(dp_tls_engine_rotation)
     /* a new identity certificate */
     pki_issue(&v.p, MESH, "backend", &cert2, &key2);
     put_secrets(&v.r, cert2, key2, v.p.ca_cert);
-    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    dpt_publish_and_wait(v.e, build_ok(&v.r, ++v.gen));
     /* established connections keep going */
     ASSERT(plain_echo(fd, "after rotation, same connection"));
     ASSERT(tcli_echo(&old, "old again"));
@@ -859,7 +782,7 @@ KM_TEST(dp_tls_engine_rotation)
     tcli_close(&c);
     tcli_close(&old);
     close(fd);
-    int fd2 = tconnect(v.out_port);
+    int fd2 = dpt_tconnect(v.out_port);
     ASSERT(fd2 >= 0);
     ASSERT(plain_echo(fd2, "new connection through the pair"));
     close(fd2);
@@ -874,8 +797,8 @@ KM_TEST(dp_tls_engine_missing_secret)
     env_start(&v, 1, "backend", NULL);
     /* drop the secrets: TLS contexts have nothing to serve with */
     km_dp_xds_set_clear(&v.r.sets[KM_DP_SDS]);
-    publish_wait(v.e, build_ok(&v.r, ++v.gen));
-    int fd = tconnect(v.out_port);
+    dpt_publish_and_wait(v.e, build_ok(&v.r, ++v.gen));
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(!plain_echo(fd, "no secret"));
     close(fd);
@@ -934,7 +857,7 @@ http_ok_start(struct echo *e)
     struct sockaddr_in sin;
     socklen_t sl = sizeof(sin);
     e->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sin_lo(&sin, 0);
+    dpt_sin_loopback(&sin, 0);
     ASSERT(bind(e->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
     ASSERT(listen(e->lfd, 64) == 0);
     ASSERT(getsockname(e->lfd, (struct sockaddr *)&sin, &sl) == 0);
@@ -1046,7 +969,7 @@ KM_TEST(dp_tls_engine_http_rbac_403)
     http_ok_start(&v.echo);
     res_put(&v.r, KM_DP_CDS, "local", cluster_json("local", v.echo.port, NULL));
     res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/web"));
-    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    dpt_publish_and_wait(v.e, build_ok(&v.r, ++v.gen));
 
     /* web is allowed: 200, twice on one kept-alive connection */
     ASSERT(tcli_open(&c, v.in_port, v.web_cert, v.web_key, v.p.ca_cert));
@@ -1054,11 +977,11 @@ KM_TEST(dp_tls_engine_http_rbac_403)
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
     ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
-    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.allowed"), 2);
-    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.shadow_denied"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.in.rbac.allowed"), 2);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.in.rbac.shadow_denied"), 2);
 
     /* the outbound presents the "backend" identity: 403 per request, the connection stays */
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(plain_http(fd, req, buf, sizeof(buf)));
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403 Forbidden");
@@ -1066,8 +989,8 @@ KM_TEST(dp_tls_engine_http_rbac_403)
     ASSERT(plain_http(fd, req, buf, sizeof(buf)));
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403");
     close(fd);
-    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.denied"), 2);
-    ASSERT(stat_of(v.e, "http.in.downstream_rq_4xx") >= 2);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.in.rbac.denied"), 2);
+    ASSERT(dpt_stat_of(v.e, "http.in.downstream_rq_4xx") >= 2);
 
     /* gRPC (HTTP/2 through the pair): PERMISSION_DENIED, trailers-only */
     struct km_loop *loop = km_loop_new();
@@ -1078,24 +1001,24 @@ KM_TEST(dp_tls_engine_http_rbac_403)
     ASSERT(call != NULL);
     km_grpc_call_send(call, (const uint8_t *)"x", 1);
     km_grpc_call_close_send(call);
-    uint64_t end = now_ms() + 5000;
-    while (!gr.closed && now_ms() < end)
+    uint64_t end = dpt_now_ms() + 5000;
+    while (!gr.closed && dpt_now_ms() < end)
         km_loop_run_once(loop, 10);
     ASSERT(gr.closed);
     ASSERT_INT_EQ(gr.status, KM_GRPC_PERMISSION_DENIED);
     ASSERT_STR_CONTAINS(gr.message, "RBAC: access denied");
     km_grpc_client_free(gc);
     km_loop_free(loop);
-    ASSERT_INT_EQ(stat_of(v.e, "http.in.rbac.denied"), 3);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.in.rbac.denied"), 3);
 
     /* the permission changes: the next request on web's kept-alive connection is refused,
      * and allowed again once it comes back */
     res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/other"));
-    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    dpt_publish_and_wait(v.e, build_ok(&v.r, ++v.gen));
     ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 403");
     res_put(&v.r, KM_DP_LDS, "in", http_rbac_listener(v.in_port, "spiffe://default/web"));
-    publish_wait(v.e, build_ok(&v.r, ++v.gen));
+    dpt_publish_and_wait(v.e, build_ok(&v.r, ++v.gen));
     ASSERT(tcli_http(&c, req, buf, sizeof(buf)));
     ASSERT_STR_CONTAINS(buf, "HTTP/1.1 200");
     tcli_close(&c);
@@ -1139,15 +1062,15 @@ KM_TEST(dp_tls_engine_bulk_half_close)
 {
     struct env v;
     env_start(&v, 1, "backend", NULL);
-    int fd = tconnect(v.out_port);
+    int fd = dpt_tconnect(v.out_port);
     ASSERT(fd >= 0);
     ASSERT(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
     const size_t total = 3u * 1024u * 1024u;
     size_t sent = 0, got = 0;
     bool shut = false, eof = false, ok = true;
     uint8_t buf[32768];
-    uint64_t deadline = now_ms() + 20000;
-    while (!eof && ok && now_ms() < deadline) {
+    uint64_t deadline = dpt_now_ms() + 20000;
+    while (!eof && ok && dpt_now_ms() < deadline) {
         struct pollfd pf = {.fd = fd, .events = POLLIN | (sent < total ? POLLOUT : 0)};
         if (poll(&pf, 1, 500) < 0)
             continue;
