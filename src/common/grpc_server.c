@@ -89,6 +89,7 @@ struct km_grpc_stream {
     bool closed;           /* being destroyed: sends fail */
     int fin_status;
     char *fin_msg;         /* owned, percent-encoded */
+    struct km_timer *deadline; /* owned: the client's grpc-timeout, NULL when none */
     void *data;
     struct km_grpc_stream *prev, *next;
 };
@@ -143,6 +144,7 @@ stream_destroy(struct km_grpc_stream *s)
     km_sbuf_deinit(&s->body);
     km_grpc_rx_deinit(&s->rx);
     km_bq_deinit(&s->out);
+    km_timer_free(s->deadline);
     free(s->fin_msg);
     free(s);
 }
@@ -371,6 +373,53 @@ is_grpc_content_type(const char *ct)
     return ct[16] == '\0' || ct[16] == '+' || ct[16] == ';';
 }
 
+
+bool
+km_grpc_timeout_parse(const char *v, uint64_t *ms)
+{
+    /* gRPC's grpc-timeout: 1 to 8 ASCII digits and a unit (H M S m u n). */
+    if (!v)
+        return false;
+    size_t n = strspn(v, "0123456789");
+    if (n == 0 || n > 8 || strlen(v) != n + 1)
+        return false;
+    uint64_t x = strtoull(v, NULL, 10);
+    switch (v[n]) {
+    case 'H':
+        x *= 3600000;
+        break;
+    case 'M':
+        x *= 60000;
+        break;
+    case 'S':
+        x *= 1000;
+        break;
+    case 'm':
+        break;
+    case 'u':
+        x = (x + 999) / 1000;
+        break;
+    case 'n':
+        x = (x + 999999) / 1000000;
+        break;
+    default:
+        return false;
+    }
+    *ms = x;
+    return true;
+}
+
+/* The client's deadline passed: end the call as gRPC does. */
+static void
+stream_deadline(struct km_timer *t, void *arg)
+{
+    struct km_grpc_stream *s = arg;
+    km_timer_free(s->deadline);
+    s->deadline = NULL;
+    if (!s->finishing && !s->closed)
+        km_grpc_stream_finish(s, KM_GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
+}
+
 static void
 stream_begin(struct srv_conn *c, struct km_grpc_stream *s)
 {
@@ -404,6 +453,9 @@ stream_begin(struct srv_conn *c, struct km_grpc_stream *s)
         return;
     }
     s->opened = true;
+    uint64_t ms;
+    if (km_grpc_timeout_parse(km_grpc_stream_header(s, "grpc-timeout"), &ms))
+        s->deadline = km_timer_new(s->conn->srv->loop, ms, stream_deadline, s);
 }
 
 static void

@@ -761,3 +761,43 @@ KM_TEST(grpc_message_percent_encoding)
     ASSERT_STR_EQ(d, "bad %zz %4");
     free(d);
 }
+
+KM_TEST(grpc_timeout_header_parsing)
+{
+    uint64_t ms = 0;
+    ASSERT(km_grpc_timeout_parse("100m", &ms));
+    ASSERT_INT_EQ(ms, 100);
+    ASSERT(km_grpc_timeout_parse("2S", &ms));
+    ASSERT_INT_EQ(ms, 2000);
+    ASSERT(km_grpc_timeout_parse("1H", &ms));
+    ASSERT_INT_EQ(ms, 3600000);
+    ASSERT(km_grpc_timeout_parse("1500u", &ms));
+    ASSERT_INT_EQ(ms, 2); /* rounded up */
+    ASSERT(km_grpc_timeout_parse("1n", &ms));
+    ASSERT_INT_EQ(ms, 1);
+    const char *bad[] = {"", "m", "123456789m", "10x", "10", "-1S", "1.5S", "10mm"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (km_grpc_timeout_parse(bad[i], &ms))
+            KM_FAIL_AT("accepted \"%s\"", bad[i]);
+    ASSERT(!km_grpc_timeout_parse(NULL, &ms));
+}
+
+KM_TEST(grpc_deadline_exceeded_ends_the_call)
+{
+    struct fixture f;
+    fixture_start(&f, false, 0, 0);
+    struct km_grpc_client *cl = fixture_client(&f, NULL);
+    struct call_state cs;
+    memset(&cs, 0, sizeof(cs));
+    struct km_grpc_call_cbs cbs = {cs_message, cs_close, &cs};
+    const char *hdrs[] = {"grpc-timeout", "150m", NULL};
+    struct km_grpc_call *c = km_grpc_call_start(cl, "/test.Echo/Hold", hdrs, &cbs);
+    ASSERT(c != NULL);
+    km_grpc_call_send(c, (const uint8_t *)"x", 1);
+    ASSERT(wait_until(f.loop, cs_is_closed, &cs, 5000));
+    ASSERT_INT_EQ(cs.status, KM_GRPC_DEADLINE_EXCEEDED);
+    ASSERT_STR_CONTAINS(cs.message, "deadline exceeded");
+    WAIT_INT(f.loop, S.closes, 1);
+    km_grpc_client_free(cl);
+    fixture_stop(&f);
+}

@@ -101,6 +101,9 @@ void km_grpc_server_free(struct km_grpc_server *srv);
 int km_grpc_stream_send(struct km_grpc_stream *s, const uint8_t *msg, size_t len);
 /* Ends the call with trailers grpc-status / grpc-message (message may be NULL). */
 void km_grpc_stream_finish(struct km_grpc_stream *s, int status, const char *message);
+/* Parses a grpc-timeout header value ("100m", "5S", ...) into milliseconds (rounded up).
+ * The server ends a call whose deadline passes with DEADLINE_EXCEEDED. */
+bool km_grpc_timeout_parse(const char *value, uint64_t *ms);
 /* Request metadata (lowercase header name), NULL when absent. */
 const char *km_grpc_stream_header(struct km_grpc_stream *s, const char *name);
 /* Peer address "ip:port". */
