@@ -17,6 +17,13 @@
  * after 60 s. A connect failure or timeout is retried once on another endpoint; a stream
  * refused (REFUSED_STREAM, GOAWAY) before any request body byte left is retried the same way.
  *
+ * HTTP/1.1 downstream requests to HTTP/2 clusters (struct km_dp_h2x, engine_int.h): http_proxy.c
+ * routes the request and hands it over as an exchange without a d2conn (xs.h1): the request
+ * line and fields become pseudo-headers and lowercased fields (hop-by-hop ones dropped), the
+ * decoded body goes out as DATA; the HTTP/1 connection is woken (a deferred callback) and takes
+ * the response head, body and end from here; trailers are dropped. Errors before the head are
+ * local responses like above (503), a reset after it cuts the response short.
+ *
  * Upstream HTTP/1.1 for HTTP/2 streams: one connection per exchange (not pooled), the request
  * body chunked unless a content-length came, the response body decoded (Content-Length,
  * chunked, until close) into DATA frames, hop-by-hop fields dropped, names lowercased.
@@ -179,6 +186,16 @@ struct xs {
     struct xs *uprev, *unext;
     struct u1 *u1;                    /* owned: HTTP/1.1 upstream */
     struct km_timer *timer;           /* owned: route timeout */
+    /* an HTTP/1.1 downstream (http_proxy.c, struct km_dp_h2x) instead of dc */
+    bool h1;                          /* the HTTP/1 connection still holds the exchange */
+    bool h1_err;                      /* reset after the head went: the response is cut short */
+    void (*wake)(void *arg);          /* asks the HTTP/1 connection to look again (deferred) */
+    void *wake_arg;
+};
+
+/* An exchange for an HTTP/1.1 downstream request (http_proxy.c). */
+struct km_dp_h2x {
+    struct xs x;                      /* first: freed as the exchange */
 };
 
 /* A downstream HTTP/2 connection. */
@@ -241,6 +258,20 @@ static void u2_kick(struct km_dp_h2up *uc);
 static void u1_free(struct xs *x);
 static void u1_kick(struct u1 *u);
 
+/* The downstream side (HTTP/2 stream or HTTP/1.1 connection) is still there. */
+static bool
+xs_down(const struct xs *x)
+{
+    return x->dc || x->h1;
+}
+
+static void
+xs_wake_h1(struct xs *x)
+{
+    if (x->h1 && x->wake)
+        x->wake(x->wake_arg);
+}
+
 /* ---- stats ---- */
 
 static void
@@ -274,9 +305,12 @@ xs_endpoint_done(struct xs *x, bool ok)
 static void
 xs_rq_consumed(struct xs *x, size_t n)
 {
-    if (n == 0 || !x->dc)
+    if (n == 0)
         return;
     x->rq_sent_any = true;
+    xs_wake_h1(x);
+    if (!x->dc)
+        return;
     if (nghttp2_session_consume(x->dc->h2, x->did, n) != 0)
         nghttp2_session_consume_connection(x->dc->h2, n);
     d2_kick(x->dc);
@@ -352,6 +386,10 @@ xs_up_cancel(struct xs *x)
 static void
 xs_reset_down(struct xs *x, uint32_t code)
 {
+    if (x->h1) {
+        x->h1_err = true;
+        xs_wake_h1(x);
+    }
     if (!x->dc)
         return;
     nghttp2_submit_rst_stream(x->dc->h2, NGHTTP2_FLAG_NONE, x->did, code);
@@ -363,7 +401,7 @@ xs_reset_down(struct xs *x, uint32_t code)
 static void
 xs_up_ended(struct xs *x, bool retry, uint32_t code, const char *why)
 {
-    if (x->local || !x->dc) {
+    if (x->local || !xs_down(x)) {
         xs_endpoint_done(x, false);
         return;
     }
@@ -463,6 +501,8 @@ static void
 xs_push_down(struct xs *x)
 {
     struct d2conn *dc = x->dc;
+    if (x->h1 && x->rs_head)
+        xs_wake_h1(x); /* http_proxy.c takes the response from here */
     if (!dc || !x->rs_head)
         return;
     if (!x->rs_head_sent) {
@@ -531,7 +571,7 @@ xs_free(struct xs *x)
 static void
 xs_maybe_free(struct xs *x)
 {
-    if (!x->dc && !x->uc)
+    if (!xs_down(x) && !x->uc)
         xs_free(x);
 }
 
@@ -820,7 +860,7 @@ u2_on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id, const uin
     struct km_dp_h2up *uc = ud;
     struct xs *x = nghttp2_session_get_stream_user_data(session, stream_id);
     km_dp_stat_add(uc->cst, uc->w->id, KM_DP_CS_RX_BYTES, (int64_t)len);
-    if (!x || x->local || !x->dc) {
+    if (!x || x->local || !xs_down(x)) {
         nghttp2_session_consume(session, stream_id, len);
         return 0;
     }
@@ -1823,4 +1863,134 @@ km__dp_h2_takeover(struct km_dp_conn *old, int fd, const struct sockaddr_storage
         dc->dead = true;
     dc->depth--;
     d2_process(dc, KM_IO_READ);
+}
+
+/* ---- HTTP/1.1 downstream requests to HTTP/2 clusters (http_proxy.c) ---- */
+
+struct km_dp_h2x *
+km__dp_h2x_start(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci, const char *method,
+                 size_t mlen, const char *path, size_t plen, const char *authority,
+                 const struct km_http1_header *h, size_t nh, bool body, void (*wake)(void *arg),
+                 void *arg)
+{
+    struct km_dp_h2x *hx = km_xcalloc(1, sizeof(*hx));
+    struct xs *x = &hx->x;
+    x->w = w;
+    x->pub = km__dp_pub_ref(pub);
+    x->h1 = true;
+    x->wake = wake;
+    x->wake_arg = arg;
+    x->ci = (long)ci;
+    x->ei = -1;
+    x->head_req = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
+    x->rq_end = !body;
+    hdrs_add(&x->rq, ":method", 7, method, mlen);
+    hdrs_adds(&x->rq, ":scheme", "http");
+    hdrs_adds(&x->rq, ":authority", authority);
+    hdrs_add(&x->rq, ":path", 5, path, plen);
+    for (size_t i = 0; i < nh; i++) {
+        if (x_hop_by_hop(h[i].name, h[i].name_len) ||
+            (h[i].name_len == 14 && strncasecmp(h[i].name, "content-length", 14) == 0 &&
+             !body))
+            continue;
+        char name[256];
+        if (h[i].name_len >= sizeof(name))
+            continue; /* the HTTP/1 parser's limits keep names far shorter */
+        for (size_t k = 0; k < h[i].name_len; k++)
+            name[k] = (char)((h[i].name[k] >= 'A' && h[i].name[k] <= 'Z') ? h[i].name[k] + 32
+                                                                          : h[i].name[k]);
+        if (hdrs_add(&x->rq, name, h[i].name_len, h[i].value, h[i].value_len) != 0)
+            break; /* bounded like an HTTP/2 request's fields */
+    }
+    xs_connect(x, -1);
+    return hx;
+}
+
+size_t
+km__dp_h2x_room(const struct km_dp_h2x *hx)
+{
+    return hx->x.rqb.len < X_HIGH ? X_HIGH - hx->x.rqb.len : 0;
+}
+
+void
+km__dp_h2x_send(struct km_dp_h2x *hx, const void *data, size_t len, bool end)
+{
+    struct xs *x = &hx->x;
+    if (x->rq_end)
+        return;
+    if (len > 0)
+        km_bq_push(&x->rqb, data, len);
+    x->rq_end = end;
+    xs_notify_up(x);
+}
+
+int
+km__dp_h2x_head(struct km_dp_h2x *hx, char *buf, size_t cap, long *hl, int64_t *clen)
+{
+    struct xs *x = &hx->x;
+    *hl = 0;
+    *clen = -1;
+    if (!x->rs_head || x->rs_head_sent)
+        return 0;
+    x->rs_head_sent = true;
+    size_t at = 0;
+    for (size_t i = 0; i < x->rs.n; i++) {
+        const nghttp2_nv *f = &x->rs.nv[i];
+        if (x_hop_by_hop((const char *)f->name, f->namelen))
+            continue;
+        if (f->namelen == 14 && memcmp(f->name, "content-length", 14) == 0) {
+            char *end = NULL;
+            errno = 0;
+            long long v = strtoll((const char *)f->value, &end, 10);
+            if (errno == 0 && end && *end == 0 && v >= 0)
+                *clen = v;
+        }
+        if (at + f->namelen + f->valuelen + 4 > cap) {
+            *hl = -1;
+            break;
+        }
+        memcpy(buf + at, f->name, f->namelen);
+        memcpy(buf + at + f->namelen, ": ", 2);
+        memcpy(buf + at + f->namelen + 2, f->value, f->valuelen);
+        memcpy(buf + at + f->namelen + 2 + f->valuelen, "\r\n", 2);
+        at += f->namelen + f->valuelen + 4;
+    }
+    if (*hl == 0)
+        *hl = (long)at;
+    return x->status;
+}
+
+size_t
+km__dp_h2x_read(struct km_dp_h2x *hx, uint8_t *buf, size_t cap)
+{
+    struct xs *x = &hx->x;
+    if (!x->rs_head_sent)
+        return 0;
+    size_t n = km_bq_pop(&x->rsb, buf, cap);
+    xs_rs_consumed(x, n);
+    return n;
+}
+
+int
+km__dp_h2x_state(const struct km_dp_h2x *hx)
+{
+    const struct xs *x = &hx->x;
+    if (x->h1_err)
+        return -1;
+    return x->rs_head_sent && x->rs_end && x->rsb.len == 0 ? 1 : 0;
+}
+
+void
+km__dp_h2x_free(struct km_dp_h2x *hx)
+{
+    if (!hx)
+        return;
+    struct xs *x = &hx->x;
+    x->h1 = false;
+    x->wake = NULL;
+    xs_drop_rqb(x);
+    if (x->ukind == UP_H2 && x->uc)
+        xs_drop_rsb(x);
+    xs_up_cancel(x);
+    xs_maybe_free(x);
 }

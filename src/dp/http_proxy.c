@@ -17,6 +17,11 @@
  * 15 s, set by the snapshot builder; 0 = none) answers 504 when no response head came in time,
  * and resets the stream when it did.
  *
+ * A cluster with cluster->http2 (h2c only) gets the request over the worker's upstream HTTP/2
+ * connections instead (protocol translation, http2_proxy.c: km__dp_h2x_*): the body decoded
+ * goes out as DATA, the response comes back with its Content-Length, else chunked (until close
+ * for HTTP/1.0 clients); trailers are dropped; the downstream connection stays kept-alive.
+ *
  * Config changes: each new request on a kept-alive connection uses the worker's current
  * config when its listener (same name and address) still exists there; when it was removed,
  * the connection finishes the request and closes (drain), as it does when mTLS was switched
@@ -173,6 +178,9 @@ struct hconn {
     struct hbuf replay;            /* a bodiless request's upstream head, to resend once when
                                       a pooled connection turns out closed */
     bool h1_seen;                  /* an HTTP/1 request came: no HTTP/2 preface any more */
+    struct km_dp_h2x *h2x;         /* owned: the request goes to an HTTP/2 cluster instead of
+                                      up (http2_proxy.c translates) */
+    struct km_timer *kick;         /* owned: runs the connection when h2x has news, or NULL */
 };
 
 static void h_run(struct hconn *c);
@@ -374,6 +382,8 @@ h_end_request(struct hconn *c)
     bool reusable = c->req_done && c->resp_done && c->resp_framing != KM_HTTP1_BODY_CLOSE &&
                     c->resp_keep_alive_ok;
     h_release_upstream(c, reusable);
+    km__dp_h2x_free(c->h2x);
+    c->h2x = NULL;
     hbuf_free(&c->uin);
     hbuf_free(&c->uout);
     c->ci = c->ei = -1;
@@ -645,6 +655,48 @@ h_refresh_config(struct hconn *c)
 }
 
 static void
+h_on_kick(struct km_timer *t, void *arg)
+{
+    h_run(arg);
+}
+
+static void
+h_h2x_wake(void *arg)
+{
+    struct hconn *c = arg;
+    km_timer_arm(c->kick, 0);
+}
+
+/* The request goes to an HTTP/2 cluster: http2_proxy.c translates it (route already done). */
+static void
+h_start_h2(struct hconn *c, const struct km_http1_request *req, const struct km_dp_route *r,
+           const char *authority, const char *path, size_t plen)
+{
+    struct km_dp_worker *w = c->base.w;
+    char *rpath = (char *)w->scratch;
+    long rl = km_dp_route_rewrite_path(r, path, plen, rpath, H_MAX_HEAD + 1);
+    if (rl < 0) {
+        hbuf_consume(&c->din, req->head_len);
+        h_local_reply(c, 431, "request head too large to forward");
+        return;
+    }
+    const char *host = r->host_rewrite ? r->host_rewrite
+                       : authority[0] ? authority
+                                      : c->base.pub->snap->clusters[c->ci].name;
+    if (!c->kick) {
+        c->kick = km_timer_new(w->loop, 0, h_on_kick, c);
+        km_timer_stop(c->kick);
+    }
+    km_dp_stat_inc(c->base.pub->cst[c->ci], w->id, KM_DP_CS_RQ_TOTAL);
+    if (r->timeout_ms)
+        km_timer_arm(c->timer, r->timeout_ms);
+    c->h2x = km__dp_h2x_start(w, c->base.pub, (size_t)c->ci, req->method, req->method_len,
+                              rl > 0 ? rpath : path, rl > 0 ? (size_t)rl : plen, host,
+                              req->headers, req->nheaders, !c->req_done, h_h2x_wake, c);
+    hbuf_consume(&c->din, req->head_len); /* after: the fields point into din */
+}
+
+static void
 h_start(struct hconn *c, const struct km_http1_request *req)
 {
     struct km_dp_worker *w = c->base.w;
@@ -725,6 +777,10 @@ h_start(struct hconn *c, const struct km_http1_request *req)
         return;
     }
     c->ci = ci;
+    if (c->base.pub->snap->clusters[ci].http2) {
+        h_start_h2(c, req, r, authority, path, plen);
+        return;
+    }
     /* the upstream request head */
     char *hdrs = (char *)w->scratch;
     char *rpath = (char *)w->scratch + H_HEAD_OUT_MAX;
@@ -770,18 +826,40 @@ h_add_chunk(struct hbuf *b, const uint8_t *data, size_t len)
     return hbuf_add(b, head, hl) && hbuf_add(b, data, len) && hbuf_add(b, "\r\n", 2);
 }
 
-/* Forwards request body bytes from din to uout. Returns whether anything moved. */
+/* Request body bytes (decoded) for the upstream: to uout (chunked again when <chunked>) or to
+ * the HTTP/2 exchange. <last>: the body ends here. */
+static bool
+h_req_out(struct hconn *c, const uint8_t *data, size_t len, bool chunked, bool last)
+{
+    if (c->h2x) {
+        km__dp_h2x_send(c->h2x, data, len, last);
+        return true;
+    }
+    if (!chunked)
+        return hbuf_add(&c->uout, data, len);
+    if (len > 0 && !h_add_chunk(&c->uout, data, len))
+        return false;
+    return !last || hbuf_add(&c->uout, "0\r\n\r\n", 5);
+}
+
+static bool
+h_req_room(const struct hconn *c)
+{
+    return c->h2x ? km__dp_h2x_room(c->h2x) > 0 : c->uout.len < H_HIGH;
+}
+
+/* Forwards request body bytes from din to uout (or h2x). Returns whether anything moved. */
 static bool
 h_move_req_body(struct hconn *c)
 {
-    if (!c->active || c->req_done || !c->up || c->up->connecting)
+    if (!c->active || c->req_done || (!c->h2x && (!c->up || c->up->connecting)))
         return false;
     bool moved = false;
-    while (c->din.len > 0 && c->uout.len < H_HIGH && !c->req_done) {
+    while (c->din.len > 0 && h_req_room(c) && !c->req_done) {
         const uint8_t *in = c->din.p + c->din.off;
         if (c->req_framing == KM_HTTP1_BODY_LENGTH) {
             size_t n = c->din.len < c->req_left ? c->din.len : (size_t)c->req_left;
-            if (!hbuf_add(&c->uout, in, n)) {
+            if (!h_req_out(c, in, n, false, n == c->req_left)) {
                 h_local_reply(c, 503, "out of memory");
                 return true;
             }
@@ -803,14 +881,14 @@ h_move_req_body(struct hconn *c)
             h_local_reply(c, st ? st : 400, err);
             return true;
         }
-        if (dlen > 0 && !h_add_chunk(&c->uout, data, dlen)) {
+        if (dlen > 0 && !h_req_out(c, data, dlen, true, false)) {
             h_local_reply(c, 503, "out of memory");
             return true;
         }
         hbuf_consume(&c->din, consumed);
         moved = moved || consumed > 0;
         if (rc == KM_HTTP1_DONE) {
-            hbuf_add(&c->uout, "0\r\n\r\n", 5);
+            h_req_out(c, NULL, 0, true, true);
             c->req_done = true;
         } else if (consumed == 0) {
             break;
@@ -829,6 +907,26 @@ h_abort(struct hconn *c)
     c->req_done = c->resp_done = true;
     c->resp_keep_alive_ok = false;
     h_end_request(c);
+}
+
+/* Writes the response head for the client (framing decided: resp_rechunk, keep_alive). */
+static bool
+h_put_resp_head(struct hconn *c, int status, const char *reason, size_t reason_len,
+                const char *hdrs, size_t hl)
+{
+    if (c->closing)
+        c->keep_alive = false;
+    char line[96];
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
+    return hbuf_add(&c->dout, line, (size_t)n) &&
+           hbuf_add(&c->dout, reason_len ? reason : km_http1_reason(status),
+                    reason_len ? reason_len : strlen(km_http1_reason(status))) &&
+           hbuf_add(&c->dout, "\r\n", 2) && hbuf_add(&c->dout, hdrs, hl) &&
+           (!c->resp_rechunk || hbuf_add(&c->dout, "transfer-encoding: chunked\r\n", 28)) &&
+           (c->keep_alive || hbuf_add(&c->dout, "connection: close\r\n", 19)) &&
+           (!c->keep_alive || c->minor == 1 ||
+            hbuf_add(&c->dout, "connection: keep-alive\r\n", 24)) &&
+           hbuf_add(&c->dout, "\r\n", 2);
 }
 
 static bool
@@ -875,19 +973,7 @@ h_resp_head(struct hconn *c)
     c->resp_rechunk = unframed && c->minor == 1;
     if (unframed && c->minor == 0)
         c->keep_alive = false; /* an HTTP/1.0 client reads until close */
-    if (c->closing)
-        c->keep_alive = false;
-    char line[96];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", r.status);
-    bool ok = hbuf_add(&c->dout, line, (size_t)n) &&
-              hbuf_add(&c->dout, r.reason_len ? r.reason : km_http1_reason(r.status),
-                       r.reason_len ? r.reason_len : strlen(km_http1_reason(r.status))) &&
-              hbuf_add(&c->dout, "\r\n", 2) && hbuf_add(&c->dout, hdrs, (size_t)hl) &&
-              (!c->resp_rechunk || hbuf_add(&c->dout, "transfer-encoding: chunked\r\n", 28)) &&
-              (c->keep_alive || hbuf_add(&c->dout, "connection: close\r\n", 19)) &&
-              (!c->keep_alive || c->minor == 1 ||
-               hbuf_add(&c->dout, "connection: keep-alive\r\n", 24)) &&
-              hbuf_add(&c->dout, "\r\n", 2);
+    bool ok = h_put_resp_head(c, r.status, r.reason, r.reason_len, hdrs, (size_t)hl);
     hbuf_consume(&c->uin, r.head_len);
     c->resp_head_done = true;
     c->resp_status = r.status;
@@ -911,10 +997,88 @@ h_resp_head(struct hconn *c)
     return true;
 }
 
+/* The HTTP/2 exchange's response to dout: Content-Length when the upstream gave one, else
+ * chunked (HTTP/1.0 clients: until close); trailers are dropped. Returns whether anything
+ * moved. */
+static bool
+h_move_resp_h2(struct hconn *c)
+{
+    bool moved = false;
+    if (!c->resp_head_done) {
+        char *hdrs = (char *)c->base.w->scratch;
+        long hl = 0;
+        int64_t clen = -1;
+        int status = km__dp_h2x_head(c->h2x, hdrs, H_HEAD_OUT_MAX, &hl, &clen);
+        if (status == 0)
+            return false;
+        if (hl < 0) {
+            h_local_reply(c, 502, "upstream response head too large");
+            return true;
+        }
+        bool bodiless = c->req_head || status == 204 || status == 304;
+        c->resp_framing = bodiless    ? KM_HTTP1_BODY_NONE
+                          : clen >= 0 ? KM_HTTP1_BODY_LENGTH
+                          : c->minor == 1 ? KM_HTTP1_BODY_CHUNKED
+                                          : KM_HTTP1_BODY_CLOSE;
+        c->resp_left = clen >= 0 ? (uint64_t)clen : 0;
+        c->resp_rechunk = c->resp_framing == KM_HTTP1_BODY_CHUNKED;
+        if (c->resp_framing == KM_HTTP1_BODY_CLOSE)
+            c->keep_alive = false;
+        bool ok = h_put_resp_head(c, status, NULL, 0, hdrs, (size_t)hl);
+        c->resp_head_done = true;
+        c->resp_status = status;
+        h_count_status(c, status); /* the cluster's counters: http2_proxy.c */
+        if (!ok) {
+            h_abort(c);
+            return true;
+        }
+        moved = true;
+    }
+    while (!c->resp_done && c->dout.len < H_HIGH) {
+        uint8_t *buf = c->base.w->scratch;
+        size_t n = km__dp_h2x_read(c->h2x, buf, 16384);
+        if (n > 0) {
+            bool ok = true;
+            if (c->resp_framing == KM_HTTP1_BODY_LENGTH) {
+                size_t m = n < c->resp_left ? n : (size_t)c->resp_left;
+                ok = hbuf_add(&c->dout, buf, m);
+                c->resp_left -= m;
+            } else if (c->resp_framing == KM_HTTP1_BODY_CHUNKED) {
+                ok = h_add_chunk(&c->dout, buf, n);
+            } else if (c->resp_framing == KM_HTTP1_BODY_CLOSE) {
+                ok = hbuf_add(&c->dout, buf, n);
+            }
+            if (!ok) {
+                h_abort(c);
+                return true;
+            }
+            moved = true;
+            continue;
+        }
+        int st = km__dp_h2x_state(c->h2x);
+        if (st < 0 || (st > 0 && c->resp_framing == KM_HTTP1_BODY_LENGTH && c->resp_left > 0)) {
+            h_abort(c); /* reset or truncated */
+            return true;
+        }
+        if (st > 0) {
+            if (c->resp_rechunk && !hbuf_add(&c->dout, "0\r\n\r\n", 5)) {
+                h_abort(c);
+                return true;
+            }
+            c->resp_done = true;
+            moved = true;
+        }
+        break;
+    }
+    return moved;
+}
+
 /* Response head and body from uin to dout. Returns whether anything moved. */
 static bool
 h_move_resp(struct hconn *c)
 {
+    if (c->active && !c->resp_done && c->h2x)
+        return h_move_resp_h2(c);
     if (!c->active || c->resp_done || !c->up || c->up->connecting)
         return false;
     bool moved = false;
@@ -1248,6 +1412,7 @@ h_close(struct km_dp_conn *base)
     h_release_upstream(c, false);
     km_io_free(c->io);
     km_timer_free(c->timer);
+    km_timer_free(c->kick);
     if (c->ssl) {
         km__dp_tls_notify(c->ssl);
         km__dp_tls_free(c->ssl);

@@ -667,3 +667,121 @@ KM_TEST(dp_engine_h2_plain_to_h2_upstream)
     km_sbuf_deinit(&r.body);
     env_stop(&v);
 }
+
+/* ---- HTTP/1.1 downstream to an HTTP/2 upstream (protocol translation) ---- */
+
+/* Sends <req> on <fd> and reads one response: status, body (Content-Length or chunked),
+ * whether it was chunked. */
+static void
+h1_roundtrip(int fd, const char *req, int *status, struct km_sbuf *body, bool *chunked)
+{
+    dpt_send_all(fd, req, strlen(req));
+    static char buf[1 << 19];
+    size_t have = 0;
+    char *eoh = NULL;
+    while (!eoh) {
+        ASSERT(have < sizeof(buf) - 1);
+        ssize_t n = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+        ASSERT(n > 0);
+        have += (size_t)n;
+        buf[have] = 0;
+        eoh = strstr(buf, "\r\n\r\n");
+    }
+    *status = atoi(buf + 9);
+    *eoh = 0;
+    for (char *p = buf; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    const char *cl = strstr(buf, "\r\ncontent-length: ");
+    *chunked = strstr(buf, "\r\ntransfer-encoding: chunked") != NULL;
+    size_t off = (size_t)(eoh + 4 - buf);
+    km_sbuf_init(body);
+    for (;;) {
+        if (cl && !*chunked && have - off >= (size_t)atol(cl + 18)) {
+            km_sbuf_add(body, buf + off, (size_t)atol(cl + 18));
+            return;
+        }
+        if (*chunked) {
+            buf[have] = 0;
+            char *end = NULL;
+            char *crlf = strstr(buf + off, "\r\n");
+            if (crlf) {
+                size_t sz = strtoul(buf + off, &end, 16);
+                size_t data = (size_t)(crlf + 2 - buf);
+                if (sz == 0 && have >= data + 2)
+                    return;
+                if (sz > 0 && have >= data + sz + 2) {
+                    km_sbuf_add(body, buf + data, sz);
+                    off = data + sz + 2;
+                    continue;
+                }
+            }
+        }
+        ASSERT(have < sizeof(buf) - 1);
+        ssize_t n = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+        ASSERT(n > 0);
+        have += (size_t)n;
+    }
+}
+
+/* An HTTP/1.1 client, HTTP/2 cluster: GET, POST (Content-Length and chunked), a 418 and a
+ * 200 KB body both ways (past the flow control windows) on one kept-alive connection, then a
+ * local 503 from a cluster without endpoints. */
+KM_TEST(dp_engine_h2_http1_client_to_h2_upstream)
+{
+    struct env v;
+    env_start(&v, 1);
+    dpt_publish_and_wait(v.e, h2snap(1, v.lport, "/", 0, true, &v.b.port, 1));
+    int fd = dpt_tconnect(v.lport);
+    ASSERT(fd >= 0);
+    int st = 0;
+    bool chunked = false;
+    struct km_sbuf b = {0};
+    h1_roundtrip(fd, "GET /hello?x=1 HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive\r\n\r\n",
+                 &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 200);
+    ASSERT_STR_EQ(b.ptr, "h1:GET /hello?x=1 []");
+    km_sbuf_deinit(&b);
+    h1_roundtrip(fd, "POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 15\r\n\r\n"
+                     "some body bytes", &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 200);
+    ASSERT_STR_EQ(b.ptr, "h1:POST /echo [some body bytes]");
+    km_sbuf_deinit(&b);
+    h1_roundtrip(fd, "POST /c HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 200);
+    ASSERT_STR_EQ(b.ptr, "h1:POST /c [hello world]");
+    km_sbuf_deinit(&b);
+    h1_roundtrip(fd, "GET /teapot HTTP/1.1\r\nHost: svc\r\n\r\n", &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 418);
+    km_sbuf_deinit(&b);
+    /* a body larger than the flow control windows, both ways */
+    size_t big = 200000;
+    char *req = km_xasprintf("POST /big HTTP/1.1\r\nHost: svc\r\nContent-Length: %zu\r\n\r\n",
+                             big);
+    char *payload = km_xmalloc(big + 1);
+    for (size_t k = 0; k < big; k++)
+        payload[k] = (char)('a' + k % 26);
+    payload[big] = 0;
+    dpt_send_all(fd, req, strlen(req));
+    h1_roundtrip(fd, payload, &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 200);
+    ASSERT_INT_EQ(b.len, big + strlen("h1:POST /big []"));
+    ASSERT(memcmp(b.ptr + strlen("h1:POST /big ["), payload, big) == 0);
+    km_sbuf_deinit(&b);
+    free(req);
+    free(payload);
+    close(fd);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_total"), 5);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "http.h2in.downstream_rq_2xx"), 4);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_rq_4xx"), 1);
+    ASSERT_INT_EQ(dpt_stat_of(v.e, "cluster.be.upstream_cx_total"), 1); /* one multiplexed */
+    dpt_publish_and_wait(v.e, h2snap(2, v.lport, "/", 0, true, NULL, 0));
+    fd = dpt_tconnect(v.lport);
+    ASSERT(fd >= 0);
+    h1_roundtrip(fd, "GET /x HTTP/1.1\r\nHost: svc\r\n\r\n", &st, &b, &chunked);
+    ASSERT_INT_EQ(st, 503);
+    ASSERT_STR_EQ(b.ptr, "no healthy upstream");
+    km_sbuf_deinit(&b);
+    close(fd);
+    env_stop(&v);
+}

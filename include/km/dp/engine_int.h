@@ -168,6 +168,35 @@ void km__dp_h2_takeover(struct km_dp_conn *old, int fd, const struct sockaddr_st
 /* Closes the worker's upstream HTTP/2 connections (worker quit, after its connections). */
 void km__dp_h2_worker_deinit(struct km_dp_worker *w);
 
+/* HTTP/1.1 downstream requests to an HTTP/2 cluster (protocol translation): one exchange on
+ * the worker's upstream HTTP/2 connections. Every call comes from the HTTP/1 connection's own
+ * events; the exchange calls <wake>(<arg>) (never freeing anything) when there is something
+ * new to look at, and the connection looks from a later event. */
+struct km_dp_h2x;
+struct km_http1_header;
+/* Sends the request to cluster <ci> of <pub>: <method>, <path> (rewritten) and <authority>
+ * become the pseudo-headers, fields are lowercased, hop-by-hop ones dropped. <body>: a
+ * request body follows (km__dp_h2x_send). Errors come back as local responses (503). */
+struct km_dp_h2x *km__dp_h2x_start(struct km_dp_worker *w, struct km_dp_pub *pub, size_t ci,
+                                   const char *method, size_t mlen, const char *path,
+                                   size_t plen, const char *authority,
+                                   const struct km_http1_header *h, size_t nh, bool body,
+                                   void (*wake)(void *arg), void *arg);
+/* Request body bytes the exchange takes before it wants a pause (soft limit). */
+size_t km__dp_h2x_room(const struct km_dp_h2x *hx);
+/* Request body bytes; <end>: the body is complete. */
+void km__dp_h2x_send(struct km_dp_h2x *hx, const void *data, size_t len, bool end);
+/* The response head, once: its status (0: not there yet) with its fields as HTTP/1.1 lines
+ * ("name: value\r\n", hop-by-hop fields dropped) in buf[0..*hl) (*hl -1: they do not fit in
+ * <cap>), *clen its content-length or -1. */
+int km__dp_h2x_head(struct km_dp_h2x *hx, char *buf, size_t cap, long *hl, int64_t *clen);
+/* Takes up to <cap> response body bytes (after the head). */
+size_t km__dp_h2x_read(struct km_dp_h2x *hx, uint8_t *buf, size_t cap);
+/* 1: the response was read completely, -1: it was cut short, 0: more to come. */
+int km__dp_h2x_state(const struct km_dp_h2x *hx);
+/* The HTTP/1 connection is done with the exchange (cancels it upstream when unfinished). */
+void km__dp_h2x_free(struct km_dp_h2x *hx);
+
 /* upstream.c */
 /* Index of the cluster named <name> in <s>, or -1. */
 long km__dp_cluster_index(const struct km_dp_snapshot *s, const char *name);
