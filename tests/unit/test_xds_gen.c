@@ -15,6 +15,7 @@
 #include <km/cp/xds_types.h>
 
 #include "test.h"
+#include "xds_golden.h"
 
 #define URL_HCM "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager." \
                 "v3.HttpConnectionManager"
@@ -37,18 +38,6 @@ struct xcase {
     struct km_xds_proxy_id proxy;
 };
 
-static char *
-golden_path(const char *name, const char *suffix)
-{
-    /* KM_GOLDEN_DIR, else next to the unit test data (tests/unit/data -> tests/golden), else
-     * relative to the source tree root (the runner's working directory) */
-    const char *dir = getenv("KM_GOLDEN_DIR");
-    if (dir)
-        return km_xasprintf("%s/xds/%s%s", dir, name, suffix);
-    if (getenv("KM_TEST_DATA"))
-        return km_xasprintf("%s/../../golden/xds/%s%s", km_test_data_dir(), name, suffix);
-    return km_xasprintf("tests/golden/xds/%s%s", name, suffix);
-}
 
 static bool
 offline_cb(const char *name, void *ud)
@@ -122,7 +111,7 @@ case_from_json(struct xcase *c, json_t *input, bool reverse)
 static void
 case_load(struct xcase *c, const char *name, bool reverse)
 {
-    char *path = golden_path(name, ".input.json");
+    char *path = xg_golden_path(name, ".input.json");
     json_error_t jerr;
     json_t *input = json_load_file(path, 0, &jerr);
 
@@ -146,26 +135,9 @@ case_free(struct xcase *c)
 static json_t *
 case_generate(const struct xcase *c)
 {
-    struct km_xds_resources res;
-    json_t *doc = json_object();
-
-    km_xds_generate(&c->view, &c->proxy, &res);
-    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
-        ASSERT(json_is_object(res.by_type[t]));
-        json_object_set(doc, km_xds_type_short[t], res.by_type[t]);
-    }
-    km_xds_resources_deinit(&res);
-    return doc;
+    return xg_generate(&c->view, &c->proxy);
 }
 
-static char *
-dump(const json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2));
-    char *r = km_xasprintf("%s\n", s);
-    free(s);
-    return r;
-}
 
 static char *
 generate_text(const char *name, bool reverse)
@@ -176,60 +148,19 @@ generate_text(const char *name, bool reverse)
 
     case_load(&c, name, reverse);
     doc = case_generate(&c);
-    text = dump(doc);
+    text = xg_dump(doc);
     json_decref(doc);
     case_free(&c);
     return text;
 }
 
-/* Prints the first differing line with a little context and fails. */
-static void
-golden_mismatch(const char *path, const char *want, const char *got)
-{
-    size_t line = 1;
-    const char *w = want, *g = got;
-
-    while (*w && *g) {
-        const char *we = strchr(w, '\n'), *ge = strchr(g, '\n');
-        size_t wl = we ? (size_t)(we - w) : strlen(w), gl = ge ? (size_t)(ge - g) : strlen(g);
-        if (wl != gl || memcmp(w, g, wl) != 0)
-            break;
-        w += wl + (we ? 1 : 0);
-        g += gl + (ge ? 1 : 0);
-        line++;
-    }
-    fprintf(stderr, "%s: generated output differs from the golden file at line %zu\n", path,
-            line);
-    fprintf(stderr, "  golden:    %.*s\n", (int)strcspn(w, "\n"), *w ? w : "(end of file)");
-    fprintf(stderr, "  generated: %.*s\n", (int)strcspn(g, "\n"), *g ? g : "(end of output)");
-    fprintf(stderr, "  rerun with UPDATE_GOLDEN=1 to accept the new output\n");
-    exit(1);
-}
 
 static void
 run_golden(const char *name)
 {
-    char *path = golden_path(name, ".golden.json");
     char *got = generate_text(name, false);
-    const char *upd = getenv("UPDATE_GOLDEN");
-
-    if (upd && upd[0] && strcmp(upd, "0") != 0) {
-        FILE *f = fopen(path, "w");
-        ASSERT(f != NULL);
-        ASSERT(fputs(got, f) >= 0);
-        ASSERT(fclose(f) == 0);
-        fprintf(stderr, "updated %s\n", path);
-    } else {
-        size_t len;
-        char *want = km_read_file(path, 16u << 20, &len);
-        if (want == NULL)
-            KM_FAIL_AT("%s: %s (create it with UPDATE_GOLDEN=1)", path, strerror(errno));
-        if (strcmp(want, got) != 0)
-            golden_mismatch(path, want, got);
-        free(want);
-    }
+    xg_check_golden(name, got);
     free(got);
-    free(path);
 }
 
 KM_TEST(xds_golden_sidecar_tcp) { run_golden("sidecar_tcp"); }

@@ -18,6 +18,7 @@
 #include <km/cp/xds_types.h>
 
 #include "test.h"
+#include "xds_golden.h"
 
 #define URL_DOWNSTREAM \
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -37,16 +38,6 @@ struct mcase {
     struct km_xds_proxy_id proxy;
 };
 
-static char *
-golden_path(const char *name, const char *suffix)
-{
-    const char *dir = getenv("KM_GOLDEN_DIR");
-    if (dir)
-        return km_xasprintf("%s/xds/%s%s", dir, name, suffix);
-    if (getenv("KM_TEST_DATA"))
-        return km_xasprintf("%s/../../golden/xds/%s%s", km_test_data_dir(), name, suffix);
-    return km_xasprintf("tests/golden/xds/%s%s", name, suffix);
-}
 
 static struct km_resource *
 decode_as(const json_t *doc, const char *type)
@@ -109,7 +100,7 @@ case_from_json(struct mcase *c, json_t *input)
 static json_t *
 load_input(const char *name)
 {
-    char *path = golden_path(name, ".input.json");
+    char *path = xg_golden_path(name, ".input.json");
     json_error_t jerr;
     json_t *input = json_load_file(path, 0, &jerr);
 
@@ -139,58 +130,21 @@ case_free(struct mcase *c)
 static json_t *
 case_generate(const struct mcase *c)
 {
-    struct km_xds_resources res;
-    json_t *doc = json_object();
-
-    km_xds_generate(&c->view, &c->proxy, &res);
-    for (int t = 0; t < KM_XDS_TYPE_COUNT; t++) {
-        ASSERT(json_is_object(res.by_type[t]));
-        json_object_set(doc, km_xds_type_short[t], res.by_type[t]);
-    }
-    km_xds_resources_deinit(&res);
-    return doc;
+    return xg_generate(&c->view, &c->proxy);
 }
 
-static char *
-dump(const json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2));
-    char *r = km_xasprintf("%s\n", s);
-    free(s);
-    return r;
-}
 
 static void
 run_golden(const char *name)
 {
-    char *path = golden_path(name, ".golden.json");
     struct mcase c;
-    json_t *doc;
-    char *got;
-    const char *upd = getenv("UPDATE_GOLDEN");
-
     case_load(&c, name);
-    doc = case_generate(&c);
-    got = dump(doc);
+    json_t *doc = case_generate(&c);
+    char *got = xg_dump(doc);
     json_decref(doc);
     case_free(&c);
-    if (upd && upd[0] && strcmp(upd, "0") != 0) {
-        FILE *f = fopen(path, "w");
-        ASSERT(f != NULL);
-        ASSERT(fputs(got, f) >= 0);
-        ASSERT(fclose(f) == 0);
-        fprintf(stderr, "updated %s\n", path);
-    } else {
-        char *want = km_read_file(path, 16u << 20, NULL);
-        if (want == NULL)
-            KM_FAIL_AT("%s: %s (create it with UPDATE_GOLDEN=1)", path, strerror(errno));
-        if (strcmp(want, got) != 0)
-            KM_FAIL_AT("%s: generated output differs from the golden file (rerun with "
-                       "UPDATE_GOLDEN=1 to accept it)", path);
-        free(want);
-    }
+    xg_check_golden(name, got);
     free(got);
-    free(path);
 }
 
 KM_TEST(xds_mtls_golden_strict) { run_golden("mtls_strict"); }
@@ -362,7 +316,7 @@ generate_with_mesh(const char *name, const char *mesh_json)
         json_object_del(input, "mesh");
     case_from_json(&c, input);
     doc = case_generate(&c);
-    text = dump(doc);
+    text = xg_dump(doc);
     json_decref(doc);
     case_free(&c);
     return text;
